@@ -1,0 +1,1 @@
+"""Weight-only circuit scores (OV, QK, composition) and forward-pass scores."""

@@ -1,0 +1,35 @@
+"""``circuits.load``: one entry point for every checkpoint format."""
+
+from __future__ import annotations
+
+from pathlib import Path
+
+from jax.sharding import Mesh
+
+from circuits.convert.build import build_transformer
+from circuits.convert.errors import CheckpointError
+from circuits.convert.hf_checkpoint import HFCheckpoint
+from circuits.convert.orbax_cache import is_cache, load_cache
+from circuits.models.transformer import Transformer
+
+FORMATS = (
+    "an HF model directory (config.json + *.safetensors)",
+    "its model.safetensors.index.json or model.safetensors file",
+    "a directory written by `circuits convert`",
+)
+
+
+def load(path: str | Path, *, dtype=None, mesh: Mesh | None = None, show_progress: bool = True) -> Transformer:
+    """Load a checkpoint as a :class:`Transformer` (with ``.config``).
+
+    dtype: a jnp dtype or its name (``"float32"``, ``"bfloat16"``); default the checkpoint's.
+    mesh: a ``("data", "model")`` mesh (see :func:`circuits.models.make_mesh`) to shard onto.
+    """
+    path = Path(path)
+    if not path.exists():
+        raise FileNotFoundError(f"{path}: no such file or directory; give {', '.join(FORMATS)}")
+    if is_cache(path):
+        return load_cache(path, dtype=dtype, mesh=mesh)
+    if path.is_dir() or path.name.endswith((".safetensors", ".safetensors.index.json")):
+        return build_transformer(HFCheckpoint(path), dtype=dtype, mesh=mesh, show_progress=show_progress)
+    raise CheckpointError(path, [f"unknown checkpoint format {path.suffix or path.name!r}"], f"give {', '.join(FORMATS)}")

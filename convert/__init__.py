@@ -1,0 +1,21 @@
+"""Checkpoint readers (HF safetensors, Orbax cache) into the canonical parameter layout."""
+
+from circuits.convert.build import TensorSource, build_transformer, resolve_dtype
+from circuits.convert.errors import CheckpointError
+from circuits.convert.hf_checkpoint import ARCHITECTURES, HFCheckpoint, register_architecture
+from circuits.convert.orbax_cache import is_cache, load_cache, save_cache
+from circuits.convert.safetensors_file import SafetensorsFile
+
+__all__ = [
+    "ARCHITECTURES",
+    "CheckpointError",
+    "HFCheckpoint",
+    "SafetensorsFile",
+    "TensorSource",
+    "build_transformer",
+    "is_cache",
+    "load_cache",
+    "register_architecture",
+    "resolve_dtype",
+    "save_cache",
+]

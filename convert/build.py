@@ -1,0 +1,80 @@
+"""Assemble a :class:`Transformer` from any canonical tensor source, one parameter at a time.
+
+Peak memory is the model plus one stacked parameter ([L, ...] of a single kind): the
+model is never held twice, and nothing is randomly initialised first.
+"""
+
+from __future__ import annotations
+
+from typing import Protocol
+
+import jax
+import jax.numpy as jnp
+import numpy as np
+from flax import nnx
+from jax.sharding import Mesh
+
+from circuits.convert.layout import GLOBAL_PARAMS
+from circuits.models.config import ModelConfig
+from circuits.models.sharding import check_mesh_fits, param_sharding
+from circuits.models.transformer import Transformer
+from circuits.progress import progress
+
+
+class TensorSource(Protocol):
+    """Anything that yields canonical tensors: an HF directory, a GGUF file, ..."""
+
+    config: ModelConfig
+    description: str
+
+    @property
+    def dtype(self) -> np.dtype: ...
+
+    def tensor(self, name: str, layer: int | None = None) -> np.ndarray: ...
+
+
+def resolve_dtype(dtype, default) -> jnp.dtype:
+    """A jnp dtype from a dtype object, its name (``"bfloat16"``), or None (``default``)."""
+    if dtype is None:
+        return jnp.dtype(default)
+    try:
+        return jnp.dtype(dtype)
+    except TypeError as err:
+        raise ValueError(f"unknown dtype {dtype!r}; use float32, bfloat16 or float16") from err
+
+
+def abstract_model(config: ModelConfig, dtype: jnp.dtype) -> tuple[nnx.GraphDef, nnx.State]:
+    """(graphdef, state of ShapeDtypeStructs): the model's structure, no memory allocated."""
+    return nnx.split(nnx.eval_shape(lambda: Transformer(config, dtype=dtype, rngs=nnx.Rngs(0))))
+
+
+def leaf_name(path) -> str:
+    """Canonical parameter name of a state leaf (its last dict key, e.g. ``wq``)."""
+    keys = [getattr(entry, "key", None) for entry in path]
+    return [k for k in keys if isinstance(k, str) and k != "value"][-1]
+
+
+def build_transformer(
+    source: TensorSource, *, dtype=None, mesh: Mesh | None = None, show_progress: bool = True
+) -> Transformer:
+    """Read every canonical parameter from ``source`` into a new model (sharded over ``mesh`` if given)."""
+    config = source.config
+    dtype = resolve_dtype(dtype, source.dtype)
+    if mesh is not None:
+        check_mesh_fits(mesh, config.n_kv_heads)
+    graphdef, state = abstract_model(config, dtype)
+    leaves, treedef = jax.tree_util.tree_flatten_with_path(state)
+
+    def load(path, leaf) -> jax.Array:
+        name = leaf_name(path)
+        array = np.empty(leaf.shape, dtype=dtype)
+        if name in GLOBAL_PARAMS:
+            array[...] = source.tensor(name)
+        else:
+            for layer in range(config.n_layers):
+                array[layer] = source.tensor(name, layer)
+        sharding = param_sharding(name, leaf.shape, mesh) if mesh is not None else None
+        return jax.device_put(array, sharding)
+
+    loaded = [load(path, leaf) for path, leaf in progress(leaves, f"loading {source.description}", enabled=show_progress)]
+    return nnx.merge(graphdef, jax.tree_util.tree_unflatten(treedef, loaded))

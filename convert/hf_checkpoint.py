@@ -1,0 +1,162 @@
+"""A Hugging Face model directory (config.json + one or many ``*.safetensors``) as a tensor source."""
+
+from __future__ import annotations
+
+import json
+from pathlib import Path
+from typing import Any, Callable
+
+import numpy as np
+
+from circuits.convert.errors import CheckpointError
+from circuits.convert.layout import TensorRule, canonical_shape, expected_params
+from circuits.convert.llama import IGNORED_SUFFIXES, LLAMA_RULES, llama_config
+from circuits.convert.safetensors_file import SafetensorsFile
+from circuits.models.config import ConfigError, ModelConfig
+
+ConfigParser = Callable[[dict[str, Any]], tuple[ModelConfig, list[str]]]
+
+ARCHITECTURES: dict[str, tuple[ConfigParser, tuple[TensorRule, ...]]] = {
+    "LlamaForCausalLM": (llama_config, LLAMA_RULES),
+}
+"""HF ``architectures`` value -> (config parser, tensor name table)."""
+
+INDEX_NAME = "model.safetensors.index.json"
+
+
+def register_architecture(name: str, parser: ConfigParser, rules: tuple[TensorRule, ...]) -> None:
+    """Teach the reader a new HF architecture (its config parser and tensor name table)."""
+    ARCHITECTURES[name] = (parser, rules)
+
+
+def model_directory(path: str | Path) -> Path:
+    """The directory of an HF checkpoint given the directory, its index file, or a single .safetensors file."""
+    path = Path(path)
+    return path if path.is_dir() else path.parent
+
+
+def read_hf_config(directory: Path) -> tuple[ModelConfig, tuple[TensorRule, ...], list[str]]:
+    """(config, name table, problems) from ``directory/config.json``; raises for what blocks reading further."""
+    config_path = directory / "config.json"
+    if not config_path.is_file():
+        raise CheckpointError(directory, ["no config.json next to the weights"], "put the model's config.json in the directory")
+    try:
+        hf = json.loads(config_path.read_text())
+    except json.JSONDecodeError as err:
+        raise CheckpointError(config_path, [f"config.json is not valid JSON ({err})"], "restore the original config.json") from err
+    names = hf.get("architectures") or []
+    known = [name for name in names if name in ARCHITECTURES]
+    if not known:
+        raise CheckpointError(
+            directory,
+            [f"unknown architecture {names or hf.get('model_type')!r}"],
+            f"this tool reads {', '.join(sorted(ARCHITECTURES))} checkpoints (and GGUF files); "
+            "convert the model to one of these layouts",
+        )
+    parser, rules = ARCHITECTURES[known[0]]
+    try:
+        config, problems = parser(hf)
+    except (KeyError, ConfigError) as err:
+        raise CheckpointError(config_path, [f"config.json is incomplete or invalid: {err}"], "restore the original config.json") from err
+    return config, rules, problems
+
+
+def open_safetensors(directory: Path) -> tuple[dict[str, SafetensorsFile], list[str]]:
+    """({tensor name: file holding it}, problems) for a sharded (index) or single-file checkpoint."""
+    problems: list[str] = []
+    index_path = directory / INDEX_NAME
+    if index_path.is_file():
+        weight_map = json.loads(index_path.read_text()).get("weight_map", {})
+        file_names = sorted(set(weight_map.values()))
+    else:
+        weight_map = None
+        file_names = sorted(p.name for p in directory.glob("*.safetensors"))
+        if not file_names:
+            problems.append("no *.safetensors file and no model.safetensors.index.json")
+    files = {}
+    for name in file_names:
+        if not (directory / name).is_file():
+            problems.append(f"shard {name} named in {INDEX_NAME} is missing")
+            continue
+        files[name] = SafetensorsFile(directory / name)
+        problems.extend(files[name].problems)
+    where: dict[str, SafetensorsFile] = {}
+    for file_name, file in files.items():
+        for tensor in file.entries:
+            if tensor in where:
+                problems.append(f"tensor {tensor} is stored twice ({where[tensor].path.name} and {file_name})")
+            if weight_map is not None and weight_map.get(tensor, file_name) != file_name:
+                problems.append(f"tensor {tensor} is in {file_name} but {INDEX_NAME} puts it in {weight_map[tensor]}")
+            where[tensor] = file
+    if weight_map is not None and files and not any(f.problems for f in files.values()):
+        for tensor, file_name in weight_map.items():
+            if file_name in files and tensor not in where:
+                problems.append(f"tensor {tensor} is listed in {INDEX_NAME} but absent from {file_name}")
+    return where, problems
+
+
+class HFCheckpoint:
+    """Canonical tensors of an HF checkpoint, read lazily from memory-mapped safetensors.
+
+    Construction validates everything (config, files, names, shapes) and raises one
+    :class:`CheckpointError` listing every problem; no tensor data is read until :meth:`tensor`.
+    """
+
+    def __init__(self, path: str | Path):
+        directory = model_directory(path)
+        self.description = str(directory)
+        self.config, rules, problems = read_hf_config(directory)
+        self._where, file_problems = open_safetensors(directory)
+        problems += file_problems
+        global_names, layer_names = expected_params(self.config)
+        wanted = set(global_names) | set(layer_names)
+        self._producer: dict[str, TensorRule] = {}
+        expected: dict[str, TensorRule] = {}
+        optional: set[str] = set()
+        for tensor_rule in rules:
+            stored = [tensor_rule.stored_name.format(i=i) for i in range(self.config.n_layers)] if tensor_rule.per_layer else [tensor_rule.stored_name]
+            if wanted & set(tensor_rule.outputs):
+                for output in tensor_rule.outputs:
+                    self._producer[output] = tensor_rule
+                expected.update(dict.fromkeys(stored, tensor_rule))
+            else:
+                optional.update(stored)  # e.g. lm_head.weight beside tied embeddings: ignored
+        if not file_problems:
+            problems += self._check_names_and_shapes(expected, optional)
+        if problems:
+            raise CheckpointError(
+                directory,
+                problems,
+                "re-download or re-export the checkpoint (transformers' save_pretrained writes a consistent one)",
+            )
+
+    def _check_names_and_shapes(self, expected: dict[str, TensorRule], optional: set[str]) -> list[str]:
+        problems = []
+        for name in sorted(set(expected) - set(self._where)):
+            problems.append(f"missing tensor {name}")
+        for name in sorted(set(self._where) - set(expected) - optional):
+            if not name.endswith(IGNORED_SUFFIXES):
+                problems.append(f"unexpected tensor {name} (not part of a {self.config.architecture} model with this config)")
+        for name, tensor_rule in expected.items():
+            if name in self._where:
+                shape = self._where[name].shape(name)
+                want = tuple(tensor_rule.stored_shape(self.config))
+                if shape != want:
+                    problems.append(f"tensor {name} has shape {list(shape)}, expected {list(want)} from config.json")
+        return problems
+
+    @property
+    def dtype(self) -> np.dtype:
+        """The checkpoint's own dtype (that of its embedding)."""
+        name = self._producer["embed"].stored_name
+        return self._where[name].dtype(name)
+
+    def tensor(self, name: str, layer: int | None = None) -> np.ndarray:
+        """Canonical tensor ``name`` (of ``layer`` for per-layer parameters), in the checkpoint's dtype."""
+        tensor_rule = self._producer[name]
+        stored = tensor_rule.stored_name.format(i=layer)
+        array = tensor_rule.split(self._where[stored].tensor(stored), self.config)[name]
+        expected = canonical_shape(name, self.config)
+        if tuple(array.shape) != expected:
+            raise AssertionError(f"name table bug: {name} came out as {array.shape}, expected {expected}")
+        return array

@@ -1,0 +1,63 @@
+"""Hugging Face Llama checkpoints (``LlamaForCausalLM``): config and tensor name table."""
+
+from __future__ import annotations
+
+from typing import Any
+
+from circuits.convert.layout import kv_rows, linear_transpose, output_columns, query_rows, rule
+from circuits.models.config import ModelConfig, rope_from_hf
+
+
+def llama_config(hf: dict[str, Any]) -> tuple[ModelConfig, list[str]]:
+    """(ModelConfig, problems) from a Llama ``config.json`` dict."""
+    problems = []
+    if hf.get("attention_bias") or hf.get("mlp_bias"):
+        problems.append("attention_bias / mlp_bias are set; biased Llama variants are not supported")
+    if hf.get("hidden_act", "silu") != "silu":
+        problems.append(f"hidden_act {hf.get('hidden_act')!r} is not supported (only silu / SwiGLU)")
+    n_heads = hf["num_attention_heads"]
+    theta, scaling = rope_from_hf(hf)
+    config = ModelConfig(
+        vocab_size=hf["vocab_size"],
+        d_model=hf["hidden_size"],
+        n_layers=hf["num_hidden_layers"],
+        n_heads=n_heads,
+        n_kv_heads=hf.get("num_key_value_heads") or n_heads,
+        head_dim=hf.get("head_dim") or hf["hidden_size"] // n_heads,
+        d_mlp=hf["intermediate_size"],
+        rms_norm_eps=hf.get("rms_norm_eps", 1e-6),
+        rope_theta=theta,
+        rope_scaling=scaling,
+        max_position_embeddings=hf.get("max_position_embeddings", 2048),
+        tie_embeddings=bool(hf.get("tie_word_embeddings", False)),
+        architecture="llama",
+        bos_token_id=hf.get("bos_token_id") if isinstance(hf.get("bos_token_id"), int) else None,
+    )
+    return config, problems
+
+
+def _q_rows(c: ModelConfig) -> int:
+    return c.n_heads * c.head_dim
+
+
+def _kv_rows(c: ModelConfig) -> int:
+    return c.n_kv_heads * c.head_dim
+
+
+LLAMA_RULES = (
+    rule("model.embed_tokens.weight", lambda c: (c.vocab_size, c.d_model), "embed"),
+    rule("model.norm.weight", lambda c: (c.d_model,), "final_norm"),
+    rule("lm_head.weight", lambda c: (c.vocab_size, c.d_model), "unembed", linear_transpose),
+    rule("model.layers.{i}.input_layernorm.weight", lambda c: (c.d_model,), "attn_norm"),
+    rule("model.layers.{i}.self_attn.q_proj.weight", lambda c: (_q_rows(c), c.d_model), "wq", query_rows),
+    rule("model.layers.{i}.self_attn.k_proj.weight", lambda c: (_kv_rows(c), c.d_model), "wk", kv_rows),
+    rule("model.layers.{i}.self_attn.v_proj.weight", lambda c: (_kv_rows(c), c.d_model), "wv", kv_rows),
+    rule("model.layers.{i}.self_attn.o_proj.weight", lambda c: (c.d_model, _q_rows(c)), "wo", output_columns),
+    rule("model.layers.{i}.post_attention_layernorm.weight", lambda c: (c.d_model,), "mlp_norm"),
+    rule("model.layers.{i}.mlp.gate_proj.weight", lambda c: (c.d_mlp, c.d_model), "w_gate", linear_transpose),
+    rule("model.layers.{i}.mlp.up_proj.weight", lambda c: (c.d_mlp, c.d_model), "w_up", linear_transpose),
+    rule("model.layers.{i}.mlp.down_proj.weight", lambda c: (c.d_model, c.d_mlp), "w_down", linear_transpose),
+)
+
+IGNORED_SUFFIXES = ("rotary_emb.inv_freq",)
+"""Buffers some older checkpoints store; recomputed from the config, never read."""

@@ -1,0 +1,117 @@
+"""Model hyper-parameters, read from a Hugging Face ``config.json`` or built by hand.
+
+Notation used across the project: K = KV heads, G = query heads per KV head,
+N = K * G query heads, D = head dim, M = d_model, F = MLP width, V = vocab.
+"""
+
+from __future__ import annotations
+
+import dataclasses
+from typing import Any
+
+ROPE_KINDS = ("default", "linear", "dynamic", "llama3")
+
+
+class ConfigError(ValueError):
+    """A configuration that this project cannot turn into a model."""
+
+
+@dataclasses.dataclass(frozen=True)
+class RopeScaling:
+    """RoPE frequency scaling, as in HF's ``rope_scaling`` / ``rope_parameters``.
+
+    ``kind``: ``default`` (none), ``linear`` (positions / factor), ``dynamic``
+    (NTK base rescaling once the sequence exceeds ``max_position_embeddings``)
+    or ``llama3`` (per-frequency interpolation of Llama 3.1).
+    """
+
+    kind: str = "default"
+    factor: float = 1.0
+    low_freq_factor: float = 1.0
+    high_freq_factor: float = 4.0
+    original_max_position_embeddings: int = 8192
+
+    def __post_init__(self):
+        if self.kind not in ROPE_KINDS:
+            raise ConfigError(
+                f"RoPE scaling type {self.kind!r} is not supported; supported types: "
+                f"{', '.join(ROPE_KINDS)}. Convert the checkpoint with one of these or open an issue."
+            )
+
+
+@dataclasses.dataclass(frozen=True)
+class ModelConfig:
+    """Shapes and constants of a decoder-only transformer with grouped-query attention.
+
+    ``d_mlp == 0`` gives the attention-only variant (no MLP, no MLP norm).
+    """
+
+    vocab_size: int
+    d_model: int
+    n_layers: int
+    n_heads: int
+    n_kv_heads: int
+    head_dim: int
+    d_mlp: int
+    rms_norm_eps: float = 1e-5
+    rope_theta: float = 10000.0
+    rope_scaling: RopeScaling = RopeScaling()
+    max_position_embeddings: int = 2048
+    tie_embeddings: bool = False
+    architecture: str = "llama"
+    bos_token_id: int | None = None
+
+    def __post_init__(self):
+        problems = []
+        for name in ("vocab_size", "d_model", "n_layers", "n_heads", "n_kv_heads", "head_dim"):
+            if getattr(self, name) <= 0:
+                problems.append(f"{name} must be positive, got {getattr(self, name)}")
+        if self.n_kv_heads > 0 and self.n_heads % self.n_kv_heads:
+            problems.append(
+                f"n_heads={self.n_heads} is not a multiple of n_kv_heads={self.n_kv_heads}; "
+                "grouped-query attention needs every KV head to serve the same number of query heads"
+            )
+        if self.head_dim % 2:
+            problems.append(f"head_dim={self.head_dim} must be even for rotary embeddings")
+        if self.d_mlp < 0:
+            problems.append(f"d_mlp must be >= 0 (0 = attention-only), got {self.d_mlp}")
+        if problems:
+            raise ConfigError("invalid model config: " + "; ".join(problems))
+
+    @property
+    def q_per_kv(self) -> int:
+        """G: query heads that share one KV head."""
+        return self.n_heads // self.n_kv_heads
+
+    @property
+    def attention_only(self) -> bool:
+        return self.d_mlp == 0
+
+    def to_dict(self) -> dict[str, Any]:
+        return dataclasses.asdict(self)
+
+    @classmethod
+    def from_dict(cls, data: dict[str, Any]) -> "ModelConfig":
+        """Inverse of :meth:`to_dict`."""
+        data = dict(data)
+        data["rope_scaling"] = RopeScaling(**data.get("rope_scaling", {}))
+        return cls(**data)
+
+
+def rope_from_hf(hf: dict[str, Any]) -> tuple[float, RopeScaling]:
+    """(rope_theta, RopeScaling) from either ``rope_scaling`` (transformers < 5) or ``rope_parameters``."""
+    params = hf.get("rope_parameters") or {}
+    scaling = hf.get("rope_scaling") or {}
+    merged = {**params, **scaling}
+    theta = float(merged.get("rope_theta", hf.get("rope_theta", 10000.0)))
+    kind = merged.get("rope_type", merged.get("type", "default")) or "default"
+    fields = {
+        "kind": kind,
+        "factor": float(merged.get("factor", 1.0) or 1.0),
+        "low_freq_factor": float(merged.get("low_freq_factor", 1.0)),
+        "high_freq_factor": float(merged.get("high_freq_factor", 4.0)),
+        "original_max_position_embeddings": int(
+            merged.get("original_max_position_embeddings", hf.get("max_position_embeddings", 8192))
+        ),
+    }
+    return theta, RopeScaling(**fields)

@@ -1,0 +1,102 @@
+"""One table from logical axes to mesh axes, and the helpers that place parameters and tokens.
+
+Mesh axes: ``data`` (batch) and ``model`` (KV heads, MLP width, vocabulary). The same
+code runs with ``mesh=None`` on one device. Multi-host: call ``jax.distributed.initialize()``
+first, then build the same mesh over ``jax.devices()``.
+"""
+
+from __future__ import annotations
+
+import jax
+import numpy as np
+from jax.sharding import Mesh, NamedSharding, PartitionSpec
+
+LOGICAL_TO_MESH: dict[str, str | None] = {
+    "batch": "data",
+    "kv_heads": "model",
+    "mlp": "model",
+    "vocab": "model",
+    "layers": None,
+    "d_model": None,
+    "q_per_kv": None,
+    "head_dim": None,
+}
+
+PARAM_AXES: dict[str, tuple[str, ...]] = {
+    "embed": ("vocab", "d_model"),
+    "unembed": ("d_model", "vocab"),
+    "final_norm": ("d_model",),
+    "attn_norm": ("layers", "d_model"),
+    "mlp_norm": ("layers", "d_model"),
+    "wq": ("layers", "d_model", "kv_heads", "q_per_kv", "head_dim"),
+    "wk": ("layers", "d_model", "kv_heads", "head_dim"),
+    "wv": ("layers", "d_model", "kv_heads", "head_dim"),
+    "wo": ("layers", "kv_heads", "q_per_kv", "head_dim", "d_model"),
+    "w_gate": ("layers", "d_model", "mlp"),
+    "w_up": ("layers", "d_model", "mlp"),
+    "w_down": ("layers", "mlp", "d_model"),
+}
+"""Logical axes of every canonical parameter, keyed by its leaf name."""
+
+
+class MeshError(ValueError):
+    """A mesh that cannot hold this model (e.g. KV heads not divisible by the model axis)."""
+
+
+def make_mesh(data: int = 1, model: int | None = None, devices=None) -> Mesh:
+    """A ("data", "model") mesh; ``model`` defaults to all devices left after ``data``."""
+    devices = list(jax.devices() if devices is None else devices)
+    if model is None:
+        model = len(devices) // data
+    if data * model != len(devices) or data < 1 or model < 1:
+        raise MeshError(
+            f"a mesh of data={data} x model={model} needs {data * model} devices, but {len(devices)} are "
+            f"available; choose sizes whose product is {len(devices)}"
+        )
+    return jax.make_mesh((data, model), ("data", "model"), devices=devices)
+
+
+def parse_mesh(spec: str) -> Mesh:
+    """Mesh from a CLI string such as ``"data=2,model=4"``."""
+    sizes = {}
+    for part in spec.split(","):
+        name, _, value = part.partition("=")
+        if name.strip() not in ("data", "model") or not value.strip().isdigit():
+            raise MeshError(f"cannot read mesh {spec!r}; write it as data=D,model=M (e.g. data=1,model=8)")
+        sizes[name.strip()] = int(value)
+    return make_mesh(sizes.get("data", 1), sizes.get("model"))
+
+
+def check_mesh_fits(mesh: Mesh, n_kv_heads: int) -> None:
+    """KV heads are split over the ``model`` axis: they must divide evenly."""
+    model = mesh.shape["model"]
+    if n_kv_heads % model:
+        raise MeshError(
+            f"the mesh's model axis has {model} devices but the model has {n_kv_heads} KV heads; "
+            f"use a model axis that divides {n_kv_heads} (e.g. model={np.gcd(n_kv_heads, model)})"
+        )
+
+
+def param_sharding(name: str, shape: tuple[int, ...], mesh: Mesh) -> NamedSharding:
+    """NamedSharding of canonical parameter ``name``; an axis that does not divide evenly is replicated."""
+    spec = []
+    for logical, size in zip(PARAM_AXES[name], shape):
+        axis = LOGICAL_TO_MESH[logical]
+        spec.append(axis if axis is not None and size % mesh.shape[axis] == 0 else None)
+    return NamedSharding(mesh, PartitionSpec(*spec))
+
+
+def batch_sharding(mesh: Mesh, ndim: int = 2) -> NamedSharding:
+    """Shard the leading (batch) axis over ``data``."""
+    return NamedSharding(mesh, PartitionSpec(LOGICAL_TO_MESH["batch"], *([None] * (ndim - 1))))
+
+
+def shard_tokens(tokens, mesh: Mesh | None) -> jax.Array:
+    """Place int tokens [B, T] on the mesh, batch split over ``data`` (B must divide evenly)."""
+    if mesh is None:
+        return jax.numpy.asarray(tokens)
+    if tokens.shape[0] % mesh.shape["data"]:
+        raise MeshError(
+            f"batch of {tokens.shape[0]} does not divide over the mesh's data axis of {mesh.shape['data']}"
+        )
+    return jax.device_put(jax.numpy.asarray(tokens), batch_sharding(mesh, tokens.ndim))

@@ -1,0 +1,159 @@
+"""The decoder-only transformer (Llama layout) as a Flax NNX module with layers scanned by ``lax.scan``."""
+
+from __future__ import annotations
+
+import functools
+
+import jax
+import jax.numpy as jnp
+from flax import nnx
+
+from circuits.models.attention import Attention
+from circuits.models.config import ModelConfig
+from circuits.models.interventions import Interventions, check_capture
+from circuits.models.layers import MLP, WEIGHT_INIT, rms_norm
+from circuits.models.rope import rotary_tables
+
+
+class DecoderBlock(nnx.Module):
+    """Pre-norm block: ``x + attn(norm(x))`` then ``x + mlp(norm(x))`` (no MLP when attention-only)."""
+
+    def __init__(self, config: ModelConfig, *, dtype: jnp.dtype, rngs: nnx.Rngs):
+        self.eps = config.rms_norm_eps
+        self.attn_norm = nnx.Param(jnp.ones((config.d_model,), dtype))
+        self.attn = Attention(config, dtype=dtype, rngs=rngs)
+        if config.attention_only:
+            self.mlp_norm = None
+            self.mlp = None
+        else:
+            self.mlp_norm = nnx.Param(jnp.ones((config.d_model,), dtype))
+            self.mlp = MLP(config, dtype=dtype, rngs=rngs)
+
+    def __call__(self, x, cos, sin, layer_interventions, knockout_edges, capture):
+        """x [B, T, M] -> (x [B, T, M], {capture name: this layer's activation})."""
+        captured = {}
+        if "resid_pre" in capture:
+            captured["resid_pre"] = x
+        attn_out, pattern, z = self.attn(
+            rms_norm(x, self.attn_norm[...], self.eps), cos, sin, layer_interventions, knockout_edges
+        )
+        x = x + attn_out
+        if "resid_mid" in capture:
+            captured["resid_mid"] = x
+        if self.mlp is not None:
+            x = x + self.mlp(rms_norm(x, self.mlp_norm[...], self.eps))
+        if "resid_post" in capture:
+            captured["resid_post"] = x
+        if "attn_pattern" in capture:
+            captured["attn_pattern"] = pattern
+        if "z" in capture:
+            captured["z"] = z
+        return x, captured
+
+
+class Transformer(nnx.Module):
+    """Llama-style decoder with explicit grouped-query attention.
+
+    Parameters (canonical layout, layers stacked on a leading [L] axis under ``blocks``):
+    embed [V, M]; blocks.attn_norm [L, M]; blocks.attn.wq [L, M, K, G, D]; blocks.attn.wk /
+    wv [L, M, K, D]; blocks.attn.wo [L, K, G, D, M]; blocks.mlp_norm [L, M]; blocks.mlp.w_gate /
+    w_up [L, M, F]; blocks.mlp.w_down [L, F, M]; final_norm [M]; unembed [M, V] (None when tied).
+
+    ``model(tokens)`` runs the jitted forward: int tokens [B, T] -> f32 logits [B, T, V].
+    """
+
+    def __init__(self, config: ModelConfig, *, dtype: jnp.dtype = jnp.float32, rngs: nnx.Rngs):
+        self.config = config
+        self.embed = nnx.Param(WEIGHT_INIT(rngs.params(), (config.vocab_size, config.d_model), dtype))
+
+        @nnx.split_rngs(splits=config.n_layers)
+        @nnx.vmap(in_axes=(0,), out_axes=0)
+        def make_blocks(rngs: nnx.Rngs) -> DecoderBlock:
+            return DecoderBlock(config, dtype=dtype, rngs=rngs)
+
+        self.blocks = make_blocks(rngs)
+        self.final_norm = nnx.Param(jnp.ones((config.d_model,), dtype))
+        self.unembed = (
+            None
+            if config.tie_embeddings
+            else nnx.Param(WEIGHT_INIT(rngs.params(), (config.d_model, config.vocab_size), dtype))
+        )
+
+    @property
+    def dtype(self) -> jnp.dtype:
+        return self.embed[...].dtype
+
+    def unembedding(self) -> jax.Array:
+        """W_U [M, V] (the embedding's transpose when tied)."""
+        return self.embed[...].T if self.unembed is None else self.unembed[...]
+
+    def forward(
+        self,
+        tokens: jax.Array,
+        interventions: Interventions | None = None,
+        capture: tuple[str, ...] = (),
+    ) -> tuple[jax.Array, dict[str, jax.Array]]:
+        """Traceable forward (use inside your own jit / vmap / grad).
+
+        tokens int[B, T] -> (logits f32[B, T, V], {name: activation stacked on [L]}).
+        """
+        config = self.config
+        seq_len = tokens.shape[1]
+        x = jnp.take(self.embed[...], tokens, axis=0)
+        cos, sin = rotary_tables(config, seq_len)
+        if interventions is None:
+            per_layer, edges = None, None
+        else:
+            per_layer = {
+                "head_scale": interventions.head_scale,
+                "head_replacement": interventions.head_replacement,
+                "knockout_heads": interventions.knockout_heads,
+            }
+            edges = interventions.knockout_edges
+
+        @nnx.scan(in_axes=(nnx.Carry, 0, 0), out_axes=(nnx.Carry, 0))
+        def run_layers(x, block, layer_interventions):
+            return block(x, cos, sin, layer_interventions, edges, capture)
+
+        x, captured = run_layers(x, self.blocks, per_layer)
+        x = rms_norm(x, self.final_norm[...], config.rms_norm_eps)
+        logits = jnp.einsum("btm,mv->btv", x, self.unembedding()).astype(jnp.float32)
+        return logits, captured
+
+    def __call__(self, tokens, interventions: Interventions | None = None) -> jax.Array:
+        """Jitted forward: int tokens [B, T] (numpy or jax) -> f32 logits [B, T, V]."""
+        logits, _ = self.run_with_capture(tokens, (), interventions)
+        return logits
+
+    def run_with_capture(
+        self, tokens, capture: tuple[str, ...], interventions: Interventions | None = None
+    ) -> tuple[jax.Array, dict[str, jax.Array]]:
+        """Jitted forward that also returns the activations named in ``capture`` (see CAPTURE_NAMES)."""
+        tokens = _check_tokens(tokens, self.config)
+        if interventions is not None:
+            interventions.check(self.config)
+        return _jitted_forward(self, tokens, interventions, check_capture(tuple(capture)))
+
+
+def _check_tokens(tokens, config: ModelConfig) -> jax.Array:
+    if isinstance(tokens, jax.Array):
+        if not jnp.issubdtype(tokens.dtype, jnp.integer):
+            raise TypeError(f"tokens must be integers, got {tokens.dtype}")
+        if tokens.ndim != 2:
+            raise ValueError(f"tokens must have shape [batch, seq], got {tuple(tokens.shape)}")
+        return tokens
+    import numpy as np
+
+    array = np.asarray(tokens)
+    if not np.issubdtype(array.dtype, np.integer):
+        raise TypeError(f"tokens must be integers, got {array.dtype}")
+    if array.ndim != 2:
+        raise ValueError(f"tokens must have shape [batch, seq], got {array.shape}")
+    if array.size and (array.min() < 0 or array.max() >= config.vocab_size):
+        raise ValueError(f"token ids must lie in [0, {config.vocab_size}), got [{array.min()}, {array.max()}]")
+    return jnp.asarray(array, dtype=jnp.int32)
+
+
+@functools.partial(nnx.jit, static_argnames=("capture",))
+def _jitted_forward(model: Transformer, tokens, interventions, capture):
+    return model.forward(tokens, interventions, capture)
