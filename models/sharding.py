@@ -53,7 +53,8 @@ def make_mesh(data: int = 1, model: int | None = None, devices=None) -> Mesh:
             f"a mesh of data={data} x model={model} needs {data * model} devices, but {len(devices)} are "
             f"available; choose sizes whose product is {len(devices)}"
         )
-    return jax.make_mesh((data, model), ("data", "model"), devices=devices)
+    auto = (jax.sharding.AxisType.Auto,) * 2  # XLA propagates shardings from the parameters
+    return jax.make_mesh((data, model), ("data", "model"), devices=devices, axis_types=auto)
 
 
 def parse_mesh(spec: str) -> Mesh:
