@@ -83,6 +83,22 @@ class Transformer(nnx.Module):
     def dtype(self) -> jnp.dtype:
         return self.embed[...].dtype
 
+    @property
+    def description(self) -> str:
+        return f"in-memory {self.config.architecture} model"
+
+    def tensor(self, name: str, layer: int | None = None) -> jax.Array:
+        """Canonical parameter ``name`` (of ``layer`` for per-layer ones), e.g. ``tensor("wq", 3)`` [M, K, G, D].
+
+        With this, a loaded model is itself a tensor source for the weight-only analysis.
+        """
+        if name == "unembed":
+            return self.unembedding()
+        if name in ("embed", "final_norm"):
+            return getattr(self, name)[...]
+        holder = self.blocks.attn if name in ("wq", "wk", "wv", "wo") else self.blocks.mlp if name.startswith("w_") else self.blocks
+        return getattr(holder, name)[...][layer]
+
     def unembedding(self) -> jax.Array:
         """W_U [M, V] (the embedding's transpose when tied)."""
         return self.embed[...].T if self.unembed is None else self.unembed[...]

@@ -118,3 +118,41 @@ def arange_llama(n_heads=6, n_kv_heads=2, head_dim=4, d_model=8, d_mlp=12, vocab
         tensors[name] = (offset + np.arange(size, dtype=np.float32)).reshape(shape)
         offset += size
     return tensors, config
+
+
+def random_transformer(seed: int = 0, scale: float = 0.3, **overrides):
+    """A small random Transformer (ours) with non-trivial norm gains; overrides go to ModelConfig."""
+    import jax
+    import jax.numpy as jnp
+    from flax import nnx
+
+    from circuits.models import ModelConfig, Transformer
+
+    settings = dict(vocab_size=40, d_model=24, n_layers=3, n_heads=6, n_kv_heads=2, head_dim=4, d_mlp=32)
+    settings.update(overrides)
+    model = Transformer(ModelConfig(**settings), rngs=nnx.Rngs(seed))
+    keys = iter(jax.random.split(jax.random.key(seed + 1), 64))
+    for path, variable in nnx.iter_graph(model):
+        if isinstance(variable, nnx.Param):
+            shape = variable[...].shape
+            noise = jax.random.normal(next(keys), shape, jnp.float32)
+            is_norm = path[-1] in ("attn_norm", "mlp_norm", "final_norm")
+            variable[...] = 1.0 + 0.3 * noise if is_norm else scale * noise
+    return model
+
+
+def dense_heads(model, layer: int, fold: bool = True):
+    """float64 per-head matrices (brute force): W_Q [N, M, D], W_K [N, M, D], W_V [N, M, D], W_O [N, D, M]."""
+    c = model.config
+    gain = np.asarray(model.tensor("attn_norm", layer), np.float64) if fold else np.ones(c.d_model)
+    wq = np.asarray(model.tensor("wq", layer), np.float64) * gain[:, None, None, None]
+    wk = np.asarray(model.tensor("wk", layer), np.float64) * gain[:, None, None]
+    wv = np.asarray(model.tensor("wv", layer), np.float64) * gain[:, None, None]
+    wo = np.asarray(model.tensor("wo", layer), np.float64)
+    heads = [(h // c.q_per_kv, h % c.q_per_kv) for h in range(c.n_heads)]
+    return (
+        np.stack([wq[:, k, g] for k, g in heads]),
+        np.stack([wk[:, k] for k, g in heads]),
+        np.stack([wv[:, k] for k, g in heads]),
+        np.stack([wo[k, g] for k, g in heads]),
+    )

@@ -1,0 +1,144 @@
+"""Q-, K- and V-composition scores (Elhage et al. 2021) computed through D x D factors.
+
+score(j -> i) = ||A_j B_i||_F / (||A_j||_F ||B_i||_F), A_j = W_V^j W_O^j (OV of the earlier head),
+B_i = W_Q^i W_K^iT (Q), its transpose (K), or W_V^i W_O^i (V); row-vector convention.
+
+With Gram factors (L L^T = W^T W, see :func:`gram_factor`) every norm is the norm of a product
+of D-wide factors: ||W_V W_O Y Z^T||_F = ||L_V^T W_O Y L_Z||_F. So the M x M matrices are never
+formed, the left factor ``F_j = L_V^T W_O^j`` [D, M] is computed once per earlier head, and
+for K- and V-composition the later layer's shared W_K / W_V multiplies F once per KV head.
+"""
+
+from __future__ import annotations
+
+import functools
+
+import jax
+import jax.numpy as jnp
+import numpy as np
+
+from circuits.analysis.results import CompositionScores
+from circuits.analysis.weights import AttentionWeights, WeightReader, gram_factor
+from circuits.convert.build import TensorSource
+from circuits.models.config import ModelConfig
+from circuits.progress import progress
+
+KINDS = ("q", "k", "v")
+CHUNK_BYTES = 512 * 2**20  # bound on one block's intermediate product
+
+
+@jax.jit
+def left_factors(w: AttentionWeights) -> jax.Array:
+    """F [N, D, M] with F_j = L_V^T W_O^j, L_V L_V^T = W_V^T W_V of head j's KV group; ||F_j||_F = ||OV_j||_F."""
+    value_factor = gram_factor(jnp.einsum("mkd,mke->kde", w.wv, w.wv))
+    k, g, d, m = w.wo.shape
+    return jnp.einsum("kde,kgdm->kgem", value_factor, w.wo).reshape(k * g, d, m)
+
+
+@functools.partial(jax.jit, static_argnames="kind")
+def later_norms(w: AttentionWeights, kind: str) -> jax.Array:
+    """||B_i||_F [N] for the later heads: via sum(Gram * Gram), no M x M matrix."""
+    if kind == "v":
+        value_gram = jnp.einsum("mkd,mke->kde", w.wv, w.wv)
+        output_gram = jnp.einsum("kgdm,kgem->kgde", w.wo, w.wo)
+        squared = jnp.einsum("kde,kgde->kg", value_gram, output_gram)
+    else:
+        query_gram = jnp.einsum("mkgd,mkge->kgde", w.wq, w.wq)
+        key_gram = jnp.einsum("mkd,mke->kde", w.wk, w.wk)
+        squared = jnp.einsum("kgde,kde->kg", query_gram, key_gram)
+    return jnp.sqrt(jnp.maximum(squared, 0.0)).reshape(-1)
+
+
+@functools.partial(jax.jit, static_argnames="kind")
+def squared_product_norms(left: jax.Array, w: AttentionWeights, kind: str) -> jax.Array:
+    """||A_j B_i||_F^2 [J, N] for earlier-head factors ``left`` [J, D, M] and every head i of layer ``w``."""
+    if kind == "q":
+        key_factor = gram_factor(jnp.einsum("mkd,mke->kde", w.wk, w.wk))
+        right = jnp.einsum("mkgd,kde->mkge", w.wq, key_factor)
+        product = jnp.einsum("jdm,mkge->jkgde", left, right)
+    else:
+        shared, gram = (
+            (w.wk, jnp.einsum("mkgd,mkge->kgde", w.wq, w.wq))
+            if kind == "k"
+            else (w.wv, jnp.einsum("kgdm,kgem->kgde", w.wo, w.wo))
+        )
+        per_kv = jnp.einsum("jdm,mke->jkde", left, shared)
+        product = jnp.einsum("jkde,kgef->jkgdf", per_kv, gram_factor(gram))
+    squared = jnp.sum(product * product, axis=(-2, -1))
+    return squared.reshape(left.shape[0], -1)
+
+
+def _block_scores(left, left_norms, w: AttentionWeights, kind: str) -> np.ndarray:
+    """Scores [J, N] of earlier heads (factors ``left``, norms ``left_norms``) into the heads of layer ``w``."""
+    numerator = np.sqrt(np.maximum(np.asarray(squared_product_norms(left, w, kind)), 0.0))
+    denominator = np.asarray(left_norms)[:, None] * np.asarray(later_norms(w, kind))[None, :]
+    return np.where(denominator > 0, numerator / np.where(denominator > 0, denominator, 1.0), 0.0)
+
+
+def composition_tensors(
+    source: TensorSource,
+    kinds: tuple[str, ...] = KINDS,
+    *,
+    fold_norms: bool = True,
+    baseline_seeds: int | None = None,
+    show_progress: bool = False,
+) -> dict[str, CompositionScores]:
+    """All requested composition tensors f32[L, N, L, N] in one streaming pass over the layers.
+
+    Memory: the left factors of all layers (L * N * D * M floats) plus one layer's weights.
+    """
+    unknown = set(kinds) - set(KINDS)
+    if unknown:
+        raise ValueError(f"unknown composition kind(s) {sorted(unknown)}; choose from q, k, v")
+    reader = WeightReader(source, fold_norms=fold_norms)
+    config = reader.config
+    n_layers, n_heads = config.n_layers, config.n_heads
+    scores = {kind: np.zeros((n_layers, n_heads, n_layers, n_heads), np.float32) for kind in kinds}
+    factors: list[jax.Array] = []
+    per_layer_bytes = n_heads * config.head_dim * n_heads * config.head_dim * 4
+    chunk = max(1, CHUNK_BYTES // per_layer_bytes)
+    for later in progress(range(n_layers), "composition scores", enabled=show_progress):
+        w = reader.attention(later)
+        for start in range(0, later, chunk):
+            stop = min(start + chunk, later)
+            left = jnp.concatenate(factors[start:stop]).reshape(-1, config.head_dim, config.d_model)
+            left_norms = jnp.sqrt(jnp.sum(left * left, axis=(1, 2)))
+            for kind in kinds:
+                block = _block_scores(left, left_norms, w, kind)
+                scores[kind][start:stop, :, later, :] = block.reshape(stop - start, n_heads, n_heads)
+        factors.append(left_factors(w))
+    baselines = {kind: composition_baseline(config, kind, seeds=baseline_seeds) for kind in kinds}
+    return {
+        kind: CompositionScores(kind, scores[kind], *baselines[kind], reader.preprocessing) for kind in kinds
+    }
+
+
+def composition_scores(source: TensorSource, kind: str = "k", **options) -> CompositionScores:
+    """One composition tensor f32[L, N, L, N] (``kind`` in q, k, v); see :func:`composition_tensors`."""
+    return composition_tensors(source, (kind,), **options)[kind]
+
+
+def random_attention(config: ModelConfig, key: jax.Array) -> AttentionWeights:
+    """Gaussian attention weights with the shapes of one layer of ``config``."""
+    m, k, g, d = config.d_model, config.n_kv_heads, config.q_per_kv, config.head_dim
+    keys = jax.random.split(key, 4)
+    return AttentionWeights(
+        wq=jax.random.normal(keys[0], (m, k, g, d)),
+        wk=jax.random.normal(keys[1], (m, k, d)),
+        wv=jax.random.normal(keys[2], (m, k, d)),
+        wo=jax.random.normal(keys[3], (k, g, d, m)),
+    )
+
+
+def composition_baseline(config: ModelConfig, kind: str, *, seeds: int | None = None) -> tuple[float, float]:
+    """(mean, std) of the ``kind`` score between heads of two Gaussian layers with ``config``'s shapes."""
+    if seeds is None:
+        seeds = max(2, -(-256 // config.n_heads**2))
+    samples = []
+    for seed in range(seeds):
+        earlier, later = (random_attention(config, key) for key in jax.random.split(jax.random.key(seed)))
+        left = left_factors(earlier)
+        left_norms = jnp.sqrt(jnp.sum(left * left, axis=(1, 2)))
+        samples.append(_block_scores(left, left_norms, later, kind).ravel())
+    values = np.concatenate(samples)
+    return float(values.mean()), float(values.std())

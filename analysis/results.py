@@ -1,0 +1,47 @@
+"""Result containers: arrays plus the preprocessing that produced them."""
+
+from __future__ import annotations
+
+import dataclasses
+
+import numpy as np
+
+from circuits.analysis.weights import Preprocessing
+
+
+@dataclasses.dataclass(frozen=True)
+class HeadScores:
+    """Per-head scores f32[L, N] (flat head h = k * G + g); ``np.asarray(result)`` gives ``scores``."""
+
+    name: str
+    scores: np.ndarray
+    preprocessing: Preprocessing
+    eigenvalues: np.ndarray | None = None  # complex[L, N, D] when requested
+
+    def __array__(self, dtype=None, copy=None):
+        return self.scores if dtype is None else self.scores.astype(dtype)
+
+    def top(self, k: int) -> list[tuple[int, int, float]]:
+        """The k highest-scoring heads as (layer, head, score)."""
+        flat = np.argsort(-self.scores, axis=None)[:k]
+        layers, heads = np.unravel_index(flat, self.scores.shape)
+        return [(int(l), int(h), float(self.scores[l, h])) for l, h in zip(layers, heads)]
+
+
+@dataclasses.dataclass(frozen=True)
+class CompositionScores:
+    """Composition scores f32[L, N, L, N]: ``scores[l1, j, l2, i]`` for earlier head (l1, j) into later head (l2, i);
+    zero unless l1 < l2. ``baseline_mean`` / ``baseline_std``: the same score for Gaussian weights of the same shapes."""
+
+    kind: str
+    scores: np.ndarray
+    baseline_mean: float
+    baseline_std: float
+    preprocessing: Preprocessing
+
+    def __array__(self, dtype=None, copy=None):
+        return self.scores if dtype is None else self.scores.astype(dtype)
+
+    def ratio(self) -> np.ndarray:
+        """Scores in units of the random baseline ("x times baseline")."""
+        return self.scores / self.baseline_mean

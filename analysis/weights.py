@@ -1,0 +1,111 @@
+"""Streaming, preprocessed weights for the weight-only analysis.
+
+The analysis reads one layer at a time from any tensor source (a loaded
+:class:`~circuits.models.Transformer`, or an :class:`~circuits.convert.HFCheckpoint`
+that memory-maps the safetensors), so a checkpoint never has to fit in memory.
+Everything is upcast to float32 before any product.
+"""
+
+from __future__ import annotations
+
+import dataclasses
+
+import jax
+import jax.numpy as jnp
+import numpy as np
+
+from circuits.convert.build import TensorSource
+from circuits.models.config import ModelConfig
+
+VOCAB_CHUNK = 8192
+
+
+@dataclasses.dataclass(frozen=True)
+class Preprocessing:
+    """What was done to the weights before scoring; recorded in every result."""
+
+    fold_norms: bool
+    center_unembed: bool
+    weights_dtype: str
+    accumulation_dtype: str = "float32"
+
+
+@jax.tree_util.register_dataclass
+@dataclasses.dataclass(frozen=True)
+class AttentionWeights:
+    """One layer's attention weights in float32, norm gains folded in when asked.
+
+    wq [M, K, G, D], wk / wv [M, K, D], wo [K, G, D, M].
+    """
+
+    wq: jax.Array
+    wk: jax.Array
+    wv: jax.Array
+    wo: jax.Array
+
+
+class WeightReader:
+    """Per-layer, preprocessed float32 weights from a tensor source."""
+
+    def __init__(self, source: TensorSource, *, fold_norms: bool = True, center_unembed: bool = False):
+        self.source = source
+        self.config: ModelConfig = source.config
+        self.preprocessing = Preprocessing(fold_norms, center_unembed, str(np.dtype(source.dtype)))
+
+    def _f32(self, name: str, layer: int | None = None) -> jax.Array:
+        return jnp.asarray(np.asarray(self.source.tensor(name, layer)), dtype=jnp.float32)
+
+    def attention(self, layer: int) -> AttentionWeights:
+        """Layer ``layer``'s weights; with ``fold_norms`` the input RMSNorm gain scales every row (M) of W_Q, W_K, W_V."""
+        wq, wk, wv, wo = (self._f32(name, layer) for name in ("wq", "wk", "wv", "wo"))
+        if self.preprocessing.fold_norms:
+            gain = self._f32("attn_norm", layer)
+            wq, wk, wv = wq * gain[:, None, None, None], wk * gain[:, None, None], wv * gain[:, None, None]
+        return AttentionWeights(wq, wk, wv, wo)
+
+    def _vocab_chunks(self):
+        """Yield (E chunk [v, M], W_U chunk [M, v]) over the vocabulary, preprocessed, in float32."""
+        vocab = self.config.vocab_size
+        embed = self.source.tensor("embed")
+        tied = self.config.tie_embeddings
+        unembed = embed if tied else self.source.tensor("unembed")
+        gain = self._f32("final_norm") if self.preprocessing.fold_norms else None
+        for start in range(0, vocab, VOCAB_CHUNK):
+            stop = min(start + VOCAB_CHUNK, vocab)
+            e = jnp.asarray(np.asarray(embed[start:stop]), jnp.float32)
+            u = e.T if tied else jnp.asarray(np.asarray(unembed[:, start:stop]), jnp.float32)
+            if gain is not None:
+                u = u * gain[:, None]
+            yield e, u
+
+    def unembed_embed_product(self) -> jax.Array:
+        """W_U W_E as an [M, M] matrix (row convention: ``P[m, n] = sum_v W_U[m, v] W_E[v, n]``).
+
+        With ``center_unembed``, W_U has its mean over the vocabulary removed first (computed
+        without forming the centred copy: P - mean_v(W_U) (1^T W_E)).
+        """
+        m = self.config.d_model
+        product = jnp.zeros((m, m), jnp.float32)
+        unembed_sum = jnp.zeros((m,), jnp.float32)
+        embed_sum = jnp.zeros((m,), jnp.float32)
+        for e, u in self._vocab_chunks():
+            product = product + u @ e
+            unembed_sum = unembed_sum + u.sum(axis=1)
+            embed_sum = embed_sum + e.sum(axis=0)
+        if self.preprocessing.center_unembed:
+            product = product - jnp.outer(unembed_sum / self.config.vocab_size, embed_sum)
+        return product
+
+    def embed_gram(self) -> jax.Array:
+        """W_E^T W_E [M, M]."""
+        m = self.config.d_model
+        gram = jnp.zeros((m, m), jnp.float32)
+        for e, _ in self._vocab_chunks():
+            gram = gram + e.T @ e
+        return gram
+
+
+def gram_factor(gram: jax.Array) -> jax.Array:
+    """A factor L with L L^T = gram for symmetric PSD matrices [..., D, D] (eigen-decomposition, so rank-deficient Grams work)."""
+    values, vectors = jnp.linalg.eigh(gram)
+    return vectors * jnp.sqrt(jnp.clip(values, 0.0))[..., None, :]
