@@ -6,7 +6,7 @@ from pathlib import Path
 
 from jax.sharding import Mesh
 
-from circuits.convert.build import build_transformer
+from circuits.convert.build import build_transformer, resolve_dtype
 from circuits.convert.errors import CheckpointError
 from circuits.convert.hf_checkpoint import HFCheckpoint
 from circuits.convert.orbax_cache import is_cache, load_cache
@@ -16,6 +16,7 @@ FORMATS = (
     "an HF model directory (config.json + *.safetensors)",
     "its model.safetensors.index.json or model.safetensors file",
     "a directory written by `circuits convert`",
+    "the demo name 'demo-induction'",
 )
 
 
@@ -25,6 +26,13 @@ def load(path: str | Path, *, dtype=None, mesh: Mesh | None = None, show_progres
     dtype: a jnp dtype or its name (``"float32"``, ``"bfloat16"``); default the checkpoint's.
     mesh: a ``("data", "model")`` mesh (see :func:`circuits.models.make_mesh`) to shard onto.
     """
+    if str(path) == "demo-induction":
+        from circuits.demo import planted_induction_model
+
+        if mesh is not None:
+            raise ValueError("the demo model is tiny; load it without a mesh")
+        model = planted_induction_model()
+        return model if dtype is None else _cast(model, resolve_dtype(dtype, None))
     path = Path(path)
     if not path.exists():
         raise FileNotFoundError(f"{path}: no such file or directory; give {', '.join(FORMATS)}")
@@ -33,3 +41,12 @@ def load(path: str | Path, *, dtype=None, mesh: Mesh | None = None, show_progres
     if path.is_dir() or path.name.endswith((".safetensors", ".safetensors.index.json")):
         return build_transformer(HFCheckpoint(path), dtype=dtype, mesh=mesh, show_progress=show_progress)
     raise CheckpointError(path, [f"unknown checkpoint format {path.suffix or path.name!r}"], f"give {', '.join(FORMATS)}")
+
+
+def _cast(model: Transformer, dtype) -> Transformer:
+    """The same model with every parameter cast to ``dtype``."""
+    import jax
+    from flax import nnx
+
+    graphdef, state = nnx.split(model)
+    return nnx.merge(graphdef, jax.tree.map(lambda x: x.astype(dtype), state))
