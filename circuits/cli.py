@@ -30,6 +30,44 @@ def _info(args: argparse.Namespace) -> None:
     print(f"{'dtype':>26}: {model.dtype}")
 
 
+def _analyze(args: argparse.Namespace) -> None:
+    import json
+
+    from rich.console import Console
+    from rich.table import Table
+
+    from circuits.analysis.induction import predict_induction
+    from circuits.loading import open_weights
+    from circuits.output import atomic_write_text, prediction_to_dict
+
+    source = open_weights(args.model)
+    prediction = predict_induction(
+        source, fold_norms=not args.no_fold_norms, max_pairs=args.max_pairs, n_edges=args.top, show_progress=True
+    )
+    console = Console()
+    heads = Table(title=f"Predicted induction heads (weights only): {args.model}")
+    for column in ("layer", "head", "predicted induction", "OV copying"):
+        heads.add_column(column, justify="right")
+    for layer, head, score in prediction.predicted_induction.top(args.top):
+        heads.add_row(str(layer), str(head), f"{score:.3f}", f"{prediction.ov_copying.scores[layer, head]:+.3f}")
+    console.print(heads)
+    edges = Table(title="Predicted previous-token head -> induction head edges")
+    for column in ("previous-token head", "induction head", "strength", "K-comp / baseline", "token QK term"):
+        edges.add_column(column, justify="right")
+    for edge in prediction.edges:
+        edges.add_row(
+            f"L{edge.prev_layer}H{edge.prev_head}",
+            f"L{edge.layer}H{edge.head}",
+            f"{edge.score:.3f}",
+            f"{edge.k_composition_ratio:.2f}x",
+            f"{edge.token_term:+.3f}",
+        )
+    console.print(edges)
+    if args.out:
+        atomic_write_text(args.out, json.dumps(prediction_to_dict(prediction, str(args.model)), indent=2))
+        console.print(f"wrote {args.out}")
+
+
 def build_parser() -> argparse.ArgumentParser:
     parser = argparse.ArgumentParser(prog="circuits", description=__doc__)
     commands = parser.add_subparsers(dest="command", required=True)
@@ -46,6 +84,14 @@ def build_parser() -> argparse.ArgumentParser:
     info.add_argument("--dtype", default=None)
     info.add_argument("--mesh", default=None, help="e.g. data=1,model=8")
     info.set_defaults(run=_info)
+
+    analyze = commands.add_parser("analyze", help="predict induction heads and circuits from the weights alone")
+    analyze.add_argument("model", nargs="?", default="demo-induction", help="HF directory, cache, or demo name")
+    analyze.add_argument("--out", default=None, help="also write the full results as JSON here")
+    analyze.add_argument("--top", type=int, default=10, help="rows to show")
+    analyze.add_argument("--max-pairs", type=int, default=4096, help="head pairs that get token-level terms")
+    analyze.add_argument("--no-fold-norms", action="store_true", help="score raw weights (norm gains not folded)")
+    analyze.set_defaults(run=_analyze)
     return parser
 
 

@@ -50,3 +50,12 @@ def _cast(model: Transformer, dtype) -> Transformer:
 
     graphdef, state = nnx.split(model)
     return nnx.merge(graphdef, jax.tree.map(lambda x: x.astype(dtype), state))
+
+
+def open_weights(path: str | Path, *, show_progress: bool = True):
+    """A tensor source for weight-only analysis: HF checkpoints are memory-mapped and streamed
+    (never loaded whole); caches and the demo model are loaded."""
+    if str(path) != "demo-induction" and Path(path).exists() and not is_cache(path):
+        if Path(path).is_dir() or str(path).endswith((".safetensors", ".safetensors.index.json")):
+            return HFCheckpoint(path)
+    return load(path, show_progress=show_progress)

@@ -1,0 +1,49 @@
+"""Serialising results: JSON-ready dicts and all-or-nothing file writes."""
+
+from __future__ import annotations
+
+import dataclasses
+import os
+import tempfile
+from pathlib import Path
+
+import numpy as np
+
+from circuits.analysis.induction import InductionPrediction
+
+SCHEMA_VERSION = 1
+
+
+def atomic_write_text(path: str | Path, text: str) -> Path:
+    """Write ``text`` to ``path`` through a temporary file in the same directory, then rename: never half-written."""
+    path = Path(path)
+    path.parent.mkdir(parents=True, exist_ok=True)
+    handle, temporary = tempfile.mkstemp(dir=path.parent, prefix=f".{path.name}.", suffix=".partial")
+    try:
+        with os.fdopen(handle, "w") as stream:
+            stream.write(text)
+        os.replace(temporary, path)
+    except BaseException:
+        Path(temporary).unlink(missing_ok=True)
+        raise
+    return path
+
+
+def _rounded(array: np.ndarray) -> list:
+    return np.round(np.nan_to_num(np.asarray(array, np.float64), nan=0.0), 6).tolist()
+
+
+def prediction_to_dict(prediction: InductionPrediction, model_name: str) -> dict:
+    """A versioned, JSON-ready summary of a weight-only induction prediction."""
+    return {
+        "schema_version": SCHEMA_VERSION,
+        "model": model_name,
+        "preprocessing": dataclasses.asdict(prediction.preprocessing),
+        "ov_copying": _rounded(prediction.ov_copying.scores),
+        "predicted_induction": _rounded(prediction.predicted_induction.scores),
+        "k_composition_baseline": {
+            "mean": prediction.k_composition.baseline_mean,
+            "std": prediction.k_composition.baseline_std,
+        },
+        "edges": [dataclasses.asdict(edge) for edge in prediction.edges],
+    }
