@@ -6,6 +6,7 @@ import functools
 
 import jax
 import jax.numpy as jnp
+import numpy as np
 from flax import nnx
 
 from circuits.models.attention import Attention
@@ -158,8 +159,6 @@ def _check_tokens(tokens, config: ModelConfig) -> jax.Array:
         if tokens.ndim != 2:
             raise ValueError(f"tokens must have shape [batch, seq], got {tuple(tokens.shape)}")
         return tokens
-    import numpy as np
-
     array = np.asarray(tokens)
     if not np.issubdtype(array.dtype, np.integer):
         raise TypeError(f"tokens must be integers, got {array.dtype}")
