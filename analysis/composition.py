@@ -68,8 +68,9 @@ def squared_product_norms(left: jax.Array, w: AttentionWeights, kind: str) -> ja
     return squared.reshape(left.shape[0], -1)
 
 
-def _block_scores(left, left_norms, w: AttentionWeights, kind: str) -> np.ndarray:
-    """Scores [J, N] of earlier heads (factors ``left``, norms ``left_norms``) into the heads of layer ``w``."""
+def _block_scores(left: jax.Array, w: AttentionWeights, kind: str) -> np.ndarray:
+    """Scores [J, N] of earlier heads (factors ``left`` [J, D, M]) into the heads of layer ``w``."""
+    left_norms = jnp.sqrt(jnp.sum(left * left, axis=(1, 2)))  # ||F_j||_F = ||OV_j||_F
     numerator = np.sqrt(np.maximum(np.asarray(squared_product_norms(left, w, kind)), 0.0))
     denominator = np.asarray(left_norms)[:, None] * np.asarray(later_norms(w, kind))[None, :]
     return np.where(denominator > 0, numerator / np.where(denominator > 0, denominator, 1.0), 0.0)
@@ -102,9 +103,8 @@ def composition_tensors(
         for start in range(0, later, chunk):
             stop = min(start + chunk, later)
             left = jnp.concatenate(factors[start:stop]).reshape(-1, config.head_dim, config.d_model)
-            left_norms = jnp.sqrt(jnp.sum(left * left, axis=(1, 2)))
             for kind in kinds:
-                block = _block_scores(left, left_norms, w, kind)
+                block = _block_scores(left, w, kind)
                 scores[kind][start:stop, :, later, :] = block.reshape(stop - start, n_heads, n_heads)
         factors.append(left_factors(w))
     baselines = {kind: composition_baseline(config, kind, seeds=baseline_seeds) for kind in kinds}
@@ -137,8 +137,6 @@ def composition_baseline(config: ModelConfig, kind: str, *, seeds: int | None = 
     samples = []
     for seed in range(seeds):
         earlier, later = (random_attention(config, key) for key in jax.random.split(jax.random.key(seed)))
-        left = left_factors(earlier)
-        left_norms = jnp.sqrt(jnp.sum(left * left, axis=(1, 2)))
-        samples.append(_block_scores(left, left_norms, later, kind).ravel())
+        samples.append(_block_scores(left_factors(earlier), later, kind).ravel())
     values = np.concatenate(samples)
     return float(values.mean()), float(values.std())

@@ -4,20 +4,37 @@ from __future__ import annotations
 
 from pathlib import Path
 
+import jax
+from flax import nnx
 from jax.sharding import Mesh
 
 from circuits.convert.build import build_transformer, resolve_dtype
 from circuits.convert.errors import CheckpointError
 from circuits.convert.hf_checkpoint import HFCheckpoint
 from circuits.convert.orbax_cache import is_cache, load_cache
+from circuits.demo import DEMO_NAME, planted_induction_model
 from circuits.models.transformer import Transformer
 
 FORMATS = (
     "an HF model directory (config.json + *.safetensors)",
     "its model.safetensors.index.json or model.safetensors file",
     "a directory written by `circuits convert`",
-    "the demo name 'demo-induction'",
+    f"the demo name {DEMO_NAME!r}",
 )
+
+
+def checkpoint_kind(path: str | Path) -> str:
+    """Which reader handles ``path``: ``"demo"``, ``"cache"`` or ``"hf"``; raises a clear error for anything else."""
+    if str(path) == DEMO_NAME:
+        return "demo"
+    path = Path(path)
+    if not path.exists():
+        raise FileNotFoundError(f"{path}: no such file or directory; give {', '.join(FORMATS)}")
+    if is_cache(path):
+        return "cache"
+    if path.is_dir() or path.name.endswith((".safetensors", ".safetensors.index.json")):
+        return "hf"
+    raise CheckpointError(path, [f"unknown checkpoint format {path.suffix or path.name!r}"], f"give {', '.join(FORMATS)}")
 
 
 def load(path: str | Path, *, dtype=None, mesh: Mesh | None = None, show_progress: bool = True) -> Transformer:
@@ -26,28 +43,19 @@ def load(path: str | Path, *, dtype=None, mesh: Mesh | None = None, show_progres
     dtype: a jnp dtype or its name (``"float32"``, ``"bfloat16"``); default the checkpoint's.
     mesh: a ``("data", "model")`` mesh (see :func:`circuits.models.make_mesh`) to shard onto.
     """
-    if str(path) == "demo-induction":
-        from circuits.demo import planted_induction_model
-
+    kind = checkpoint_kind(path)
+    if kind == "demo":
         if mesh is not None:
             raise ValueError("the demo model is tiny; load it without a mesh")
         model = planted_induction_model()
         return model if dtype is None else _cast(model, resolve_dtype(dtype, None))
-    path = Path(path)
-    if not path.exists():
-        raise FileNotFoundError(f"{path}: no such file or directory; give {', '.join(FORMATS)}")
-    if is_cache(path):
+    if kind == "cache":
         return load_cache(path, dtype=dtype, mesh=mesh)
-    if path.is_dir() or path.name.endswith((".safetensors", ".safetensors.index.json")):
-        return build_transformer(HFCheckpoint(path), dtype=dtype, mesh=mesh, show_progress=show_progress)
-    raise CheckpointError(path, [f"unknown checkpoint format {path.suffix or path.name!r}"], f"give {', '.join(FORMATS)}")
+    return build_transformer(HFCheckpoint(path), dtype=dtype, mesh=mesh, show_progress=show_progress)
 
 
 def _cast(model: Transformer, dtype) -> Transformer:
     """The same model with every parameter cast to ``dtype``."""
-    import jax
-    from flax import nnx
-
     graphdef, state = nnx.split(model)
     return nnx.merge(graphdef, jax.tree.map(lambda x: x.astype(dtype), state))
 
@@ -55,7 +63,6 @@ def _cast(model: Transformer, dtype) -> Transformer:
 def open_weights(path: str | Path, *, show_progress: bool = True):
     """A tensor source for weight-only analysis: HF checkpoints are memory-mapped and streamed
     (never loaded whole); caches and the demo model are loaded."""
-    if str(path) != "demo-induction" and Path(path).exists() and not is_cache(path):
-        if Path(path).is_dir() or str(path).endswith((".safetensors", ".safetensors.index.json")):
-            return HFCheckpoint(path)
+    if checkpoint_kind(path) == "hf":
+        return HFCheckpoint(path)
     return load(path, show_progress=show_progress)
