@@ -10,21 +10,31 @@ from jax.sharding import Mesh
 
 from circuits.convert.build import build_transformer, resolve_dtype
 from circuits.convert.errors import CheckpointError
+from circuits.convert.gguf_checkpoint import GGUFCheckpoint
 from circuits.convert.hf_checkpoint import HFCheckpoint
 from circuits.convert.orbax_cache import is_cache, load_cache
 from circuits.demo import DEMO_NAME, planted_induction_model
+from circuits.named_models import NAMED_MODELS, fetch_named_model
 from circuits.models.transformer import Transformer
 
 FORMATS = (
     "an HF model directory (config.json + *.safetensors)",
     "its model.safetensors.index.json or model.safetensors file",
+    "a .gguf file",
     "a directory written by `circuits convert`",
+    f"a model name ({', '.join(NAMED_MODELS)}, fetched on first use)",
     f"the demo name {DEMO_NAME!r}",
 )
 
 
+def resolve(path: str | Path) -> str | Path:
+    """``path`` itself, or for a named model the local GGUF file (fetched on first use)."""
+    return fetch_named_model(str(path)) if str(path) in NAMED_MODELS else path
+
+
 def checkpoint_kind(path: str | Path) -> str:
-    """Which reader handles ``path``: ``"demo"``, ``"cache"`` or ``"hf"``; raises a clear error for anything else."""
+    """Which reader handles ``path`` (after :func:`resolve`): ``"demo"``, ``"cache"``, ``"gguf"`` or ``"hf"``;
+    raises a clear error for anything else."""
     if str(path) == DEMO_NAME:
         return "demo"
     path = Path(path)
@@ -32,6 +42,8 @@ def checkpoint_kind(path: str | Path) -> str:
         raise FileNotFoundError(f"{path}: no such file or directory; give {', '.join(FORMATS)}")
     if is_cache(path):
         return "cache"
+    if path.suffix == ".gguf":
+        return "gguf"
     if path.is_dir() or path.name.endswith((".safetensors", ".safetensors.index.json")):
         return "hf"
     raise CheckpointError(path, [f"unknown checkpoint format {path.suffix or path.name!r}"], f"give {', '.join(FORMATS)}")
@@ -40,9 +52,12 @@ def checkpoint_kind(path: str | Path) -> str:
 def load(path: str | Path, *, dtype=None, mesh: Mesh | None = None, show_progress: bool = True) -> Transformer:
     """Load a checkpoint as a :class:`Transformer` (with ``.config``).
 
-    dtype: a jnp dtype or its name (``"float32"``, ``"bfloat16"``); default the checkpoint's.
+    path: see ``FORMATS``; e.g. ``"smollm2-135m"``, ``"model.gguf"``, ``"Meta-Llama-3-8B/"``.
+    dtype: a jnp dtype or its name (``"float32"``, ``"bfloat16"``); default the checkpoint's
+    (float32 for quantized GGUF files).
     mesh: a ``("data", "model")`` mesh (see :func:`circuits.models.make_mesh`) to shard onto.
     """
+    path = resolve(path)
     kind = checkpoint_kind(path)
     if kind == "demo":
         if mesh is not None:
@@ -51,7 +66,8 @@ def load(path: str | Path, *, dtype=None, mesh: Mesh | None = None, show_progres
         return model if dtype is None else _cast(model, resolve_dtype(dtype, None))
     if kind == "cache":
         return load_cache(path, dtype=dtype, mesh=mesh)
-    return build_transformer(HFCheckpoint(path), dtype=dtype, mesh=mesh, show_progress=show_progress)
+    source = GGUFCheckpoint(path) if kind == "gguf" else HFCheckpoint(path)
+    return build_transformer(source, dtype=dtype, mesh=mesh, show_progress=show_progress)
 
 
 def _cast(model: Transformer, dtype) -> Transformer:
@@ -61,8 +77,12 @@ def _cast(model: Transformer, dtype) -> Transformer:
 
 
 def open_weights(path: str | Path, *, show_progress: bool = True):
-    """A tensor source for weight-only analysis: HF checkpoints are memory-mapped and streamed
-    (never loaded whole); caches and the demo model are loaded."""
-    if checkpoint_kind(path) == "hf":
+    """A tensor source for weight-only analysis: HF and GGUF checkpoints are memory-mapped and
+    streamed (never loaded whole); caches and the demo model are loaded."""
+    path = resolve(path)
+    kind = checkpoint_kind(path)
+    if kind == "hf":
         return HFCheckpoint(path)
+    if kind == "gguf":
+        return GGUFCheckpoint(path)
     return load(path, show_progress=show_progress)

@@ -9,15 +9,18 @@ from typing import Any, Callable
 import numpy as np
 
 from circuits.convert.errors import CheckpointError
-from circuits.convert.layout import TensorRule, canonical_shape, expected_params
+from circuits.convert.layout import TensorRule
+from circuits.convert.internlm2 import INTERNLM2_RULES, internlm2_config
 from circuits.convert.llama import IGNORED_SUFFIXES, LLAMA_RULES, llama_config
 from circuits.convert.safetensors_file import SafetensorsFile
+from circuits.convert.table_checkpoint import TableCheckpoint
 from circuits.models.config import ConfigError, ModelConfig
 
 ConfigParser = Callable[[dict[str, Any]], tuple[ModelConfig, list[str]]]
 
 ARCHITECTURES: dict[str, tuple[ConfigParser, tuple[TensorRule, ...]]] = {
     "LlamaForCausalLM": (llama_config, LLAMA_RULES),
+    "InternLM2ForCausalLM": (internlm2_config, INTERNLM2_RULES),
 }
 """HF ``architectures`` value -> (config parser, tensor name table)."""
 
@@ -95,7 +98,7 @@ def open_safetensors(directory: Path) -> tuple[dict[str, SafetensorsFile], list[
     return where, problems
 
 
-class HFCheckpoint:
+class HFCheckpoint(TableCheckpoint):
     """Canonical tensors of an HF checkpoint, read lazily from memory-mapped safetensors.
 
     Construction validates everything (config, files, names, shapes) and raises one
@@ -104,59 +107,23 @@ class HFCheckpoint:
 
     def __init__(self, path: str | Path):
         directory = model_directory(path)
-        self.description = str(directory)
-        self.config, rules, problems = read_hf_config(directory)
+        config, rules, problems = read_hf_config(directory)
         self._where, file_problems = open_safetensors(directory)
-        problems += file_problems
-        global_names, layer_names = expected_params(self.config)
-        wanted = set(global_names) | set(layer_names)
-        self._producer: dict[str, TensorRule] = {}
-        expected: dict[str, TensorRule] = {}
-        optional: set[str] = set()
-        for tensor_rule in rules:
-            stored = [tensor_rule.stored_name.format(i=i) for i in range(self.config.n_layers)] if tensor_rule.per_layer else [tensor_rule.stored_name]
-            if wanted & set(tensor_rule.outputs):
-                for output in tensor_rule.outputs:
-                    self._producer[output] = tensor_rule
-                expected.update(dict.fromkeys(stored, tensor_rule))
-            else:
-                optional.update(stored)  # e.g. lm_head.weight beside tied embeddings: ignored
-        if not file_problems:
-            problems += self._check_names_and_shapes(expected, optional)
-        if problems:
-            raise CheckpointError(
-                directory,
-                problems,
-                "re-download or re-export the checkpoint (transformers' save_pretrained writes a consistent one)",
-            )
-
-    def _check_names_and_shapes(self, expected: dict[str, TensorRule], optional: set[str]) -> list[str]:
-        problems = []
-        for name in sorted(set(expected) - set(self._where)):
-            problems.append(f"missing tensor {name}")
-        for name in sorted(set(self._where) - set(expected) - optional):
-            if not name.endswith(IGNORED_SUFFIXES):
-                problems.append(f"unexpected tensor {name} (not part of a {self.config.architecture} model with this config)")
-        for name, tensor_rule in expected.items():
-            if name in self._where:
-                shape = self._where[name].shape(name)
-                want = tuple(tensor_rule.stored_shape(self.config))
-                if shape != want:
-                    problems.append(f"tensor {name} has shape {list(shape)}, expected {list(want)} from config.json")
-        return problems
+        shapes = None if file_problems else {name: file.shape(name) for name, file in self._where.items()}
+        super().__init__(
+            directory,
+            config,
+            rules,
+            shapes,
+            lambda name: self._where[name].tensor(name),
+            problems + file_problems,
+            "re-download or re-export the checkpoint (transformers' save_pretrained writes a consistent one)",
+            optional=IGNORED_SUFFIXES,
+            config_name="config.json",
+        )
 
     @property
     def dtype(self) -> np.dtype:
         """The checkpoint's own dtype (that of its embedding)."""
         name = self._producer["embed"].stored_name
         return self._where[name].dtype(name)
-
-    def tensor(self, name: str, layer: int | None = None) -> np.ndarray:
-        """Canonical tensor ``name`` (of ``layer`` for per-layer parameters), in the checkpoint's dtype."""
-        tensor_rule = self._producer[name]
-        stored = tensor_rule.stored_name.format(i=layer)
-        array = tensor_rule.split(self._where[stored].tensor(stored), self.config)[name]
-        expected = canonical_shape(name, self.config)
-        if tuple(array.shape) != expected:
-            raise AssertionError(f"name table bug: {name} came out as {array.shape}, expected {expected}")
-        return array

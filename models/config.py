@@ -44,6 +44,8 @@ class ModelConfig:
     """Shapes and constants of a decoder-only transformer with grouped-query attention.
 
     ``d_mlp == 0`` gives the attention-only variant (no MLP, no MLP norm).
+    ``rope_freq_factors`` (D/2 values, as GGUF's ``rope_freqs`` tensor stores them) divide the
+    rotary inverse frequencies after any ``rope_scaling``.
     """
 
     vocab_size: int
@@ -60,6 +62,7 @@ class ModelConfig:
     tie_embeddings: bool = False
     architecture: str = "llama"
     bos_token_id: int | None = None
+    rope_freq_factors: tuple[float, ...] | None = None
 
     def __post_init__(self):
         problems = []
@@ -73,6 +76,8 @@ class ModelConfig:
             )
         if self.head_dim % 2:
             problems.append(f"head_dim={self.head_dim} must be even for rotary embeddings")
+        if self.rope_freq_factors is not None and len(self.rope_freq_factors) != self.head_dim // 2:
+            problems.append(f"rope_freq_factors has {len(self.rope_freq_factors)} values, expected head_dim / 2 = {self.head_dim // 2}")
         if self.d_mlp < 0:
             problems.append(f"d_mlp must be >= 0 (0 = attention-only), got {self.d_mlp}")
         if problems:
@@ -95,6 +100,8 @@ class ModelConfig:
         """Inverse of :meth:`to_dict`."""
         data = dict(data)
         data["rope_scaling"] = RopeScaling(**data.get("rope_scaling", {}))
+        if data.get("rope_freq_factors") is not None:
+            data["rope_freq_factors"] = tuple(data["rope_freq_factors"])
         return cls(**data)
 
 

@@ -28,6 +28,8 @@ def inverse_frequencies(config: ModelConfig, seq_len: int) -> np.ndarray:
         inv_freq = inv_freq / np.float32(scaling.factor)
     elif scaling.kind == "llama3":
         inv_freq = _llama3_interpolation(inv_freq, scaling)
+    if config.rope_freq_factors is not None:
+        inv_freq = inv_freq / np.asarray(config.rope_freq_factors, dtype=np.float32)
     return inv_freq.astype(np.float32)
 
 

@@ -156,3 +156,85 @@ def dense_heads(model, layer: int, fold: bool = True):
         np.stack([wv[:, k] for k, g in heads]),
         np.stack([wo[k, g] for k, g in heads]),
     )
+
+
+def llama_cpp_permute(rows: np.ndarray, n_heads: int) -> np.ndarray:
+    """What llama.cpp's converter does to q_proj / k_proj rows: half-split RoPE pairs -> interleaved."""
+    out, columns = rows.shape
+    return rows.reshape(n_heads, 2, out // n_heads // 2, columns).swapaxes(1, 2).reshape(out, columns)
+
+
+HF_TO_GGUF = {
+    "model.embed_tokens.weight": "token_embd.weight",
+    "model.norm.weight": "output_norm.weight",
+    "lm_head.weight": "output.weight",
+    "input_layernorm.weight": "attn_norm.weight",
+    "self_attn.q_proj.weight": "attn_q.weight",
+    "self_attn.k_proj.weight": "attn_k.weight",
+    "self_attn.v_proj.weight": "attn_v.weight",
+    "self_attn.o_proj.weight": "attn_output.weight",
+    "post_attention_layernorm.weight": "ffn_norm.weight",
+    "mlp.gate_proj.weight": "ffn_gate.weight",
+    "mlp.up_proj.weight": "ffn_up.weight",
+    "mlp.down_proj.weight": "ffn_down.weight",
+}
+
+
+def write_gguf(path, hf_model, qtype: str = "F32", arch: str = "llama", rope_freqs=None, drop=(), raw=None) -> None:
+    """Write a transformers Llama model as a llama.cpp-style GGUF file (Q/K permuted, 2-D weights in ``qtype``).
+
+    ``raw``: a function (shape) -> uint8 blocks used instead of quantizing (for types gguf cannot quantize);
+    ``drop``: GGUF tensor names to leave out; ``rope_freqs``: optional f32[D/2] factors.
+    """
+    import gguf
+
+    c = hf_model.config
+    head_dim = c.hidden_size // c.num_attention_heads
+    writer = gguf.GGUFWriter(str(path), arch)
+    writer.add_block_count(c.num_hidden_layers)
+    writer.add_context_length(c.max_position_embeddings)
+    writer.add_embedding_length(c.hidden_size)
+    writer.add_feed_forward_length(c.intermediate_size)
+    writer.add_head_count(c.num_attention_heads)
+    writer.add_head_count_kv(c.num_key_value_heads)
+    writer.add_rope_freq_base(float(c.rope_parameters["rope_theta"] if getattr(c, "rope_parameters", None) else c.rope_theta))
+    writer.add_layer_norm_rms_eps(c.rms_norm_eps)
+    writer.add_rope_dimension_count(head_dim)
+    writer.add_vocab_size(c.vocab_size)
+    writer.add_file_type(0)
+    qt = gguf.GGMLQuantizationType[qtype]
+    for name, tensor in hf_model.state_dict().items():
+        array = tensor.float().numpy()
+        if name == "lm_head.weight" and c.tie_word_embeddings:
+            continue
+        if name.startswith("model.layers."):
+            layer, rest = name[len("model.layers."):].split(".", 1)
+            gguf_name = f"blk.{layer}.{HF_TO_GGUF[rest]}"
+            if rest == "self_attn.q_proj.weight":
+                array = llama_cpp_permute(array, c.num_attention_heads)
+            elif rest == "self_attn.k_proj.weight":
+                array = llama_cpp_permute(array, c.num_key_value_heads)
+        else:
+            gguf_name = HF_TO_GGUF[name]
+        if gguf_name in drop:
+            continue
+        if array.ndim == 1 or qt == gguf.GGMLQuantizationType.F32:
+            writer.add_tensor(gguf_name, np.ascontiguousarray(array, dtype=np.float32))
+        else:
+            data = raw(array.shape) if raw is not None else gguf.quants.quantize(np.ascontiguousarray(array), qt)
+            writer.add_tensor(gguf_name, data, raw_shape=data.shape, raw_dtype=qt)
+    if rope_freqs is not None:
+        writer.add_tensor("rope_freqs.weight", np.asarray(rope_freqs, dtype=np.float32))
+    writer.write_header_to_file()
+    writer.write_kv_data_to_file()
+    writer.write_tensors_to_file()
+    writer.close()
+
+
+@pytest.fixture(scope="session")
+def smollm2():
+    """The real SmolLM2-135M-Instruct (Q4_1 GGUF dequantized to float32), fetched into the cache once."""
+    import circuits
+
+    return circuits.load("smollm2-135m", show_progress=False)
+

@@ -1,0 +1,161 @@
+"""GGUF (llama.cpp) files of the ``llama`` and ``internlm2`` architectures as a tensor source.
+
+The file is memory-mapped by the ``gguf`` package and each tensor is dequantized to
+float32 only when read, so a quantized 8B file is streamed layer by layer like a
+safetensors checkpoint. llama.cpp stores the query and key rows of every head with
+RoPE pairs interleaved (``(i, i + D/2)`` -> adjacent rows); they are put back in HF's
+half-split order here, so GGUF and HF checkpoints give the same canonical weights.
+"""
+
+from __future__ import annotations
+
+from pathlib import Path
+from typing import Any
+
+import numpy as np
+
+from circuits.convert.errors import CheckpointError
+from circuits.convert.layout import kv_rows, linear_transpose, output_columns, query_rows, rule
+from circuits.convert.table_checkpoint import TableCheckpoint
+from circuits.models.config import ConfigError, ModelConfig, RopeScaling
+
+ARCHITECTURES = ("llama", "internlm2")
+ROPE_FREQS = "rope_freqs.weight"
+FIX = "re-download the GGUF file or re-create it with llama.cpp's convert_hf_to_gguf.py"
+
+
+def unpermute_rope_rows(array: np.ndarray, n_heads: int) -> np.ndarray:
+    """Undo llama.cpp's Q/K row permutation: [H*D, M] with pairs interleaved -> HF half-split rows."""
+    rows, columns = array.shape
+    head_dim = rows // n_heads
+    return array.reshape(n_heads, head_dim // 2, 2, columns).swapaxes(1, 2).reshape(rows, columns)
+
+
+def _query(array: np.ndarray, config: ModelConfig) -> np.ndarray:
+    return query_rows(unpermute_rope_rows(array, config.n_heads), config)
+
+
+def _key(array: np.ndarray, config: ModelConfig) -> np.ndarray:
+    return kv_rows(unpermute_rope_rows(array, config.n_kv_heads), config)
+
+
+GGUF_RULES = (
+    rule("token_embd.weight", lambda c: (c.vocab_size, c.d_model), "embed"),
+    rule("output_norm.weight", lambda c: (c.d_model,), "final_norm"),
+    rule("output.weight", lambda c: (c.vocab_size, c.d_model), "unembed", linear_transpose),
+    rule("blk.{i}.attn_norm.weight", lambda c: (c.d_model,), "attn_norm"),
+    rule("blk.{i}.attn_q.weight", lambda c: (c.n_heads * c.head_dim, c.d_model), "wq", _query),
+    rule("blk.{i}.attn_k.weight", lambda c: (c.n_kv_heads * c.head_dim, c.d_model), "wk", _key),
+    rule("blk.{i}.attn_v.weight", lambda c: (c.n_kv_heads * c.head_dim, c.d_model), "wv", kv_rows),
+    rule("blk.{i}.attn_output.weight", lambda c: (c.d_model, c.n_heads * c.head_dim), "wo", output_columns),
+    rule("blk.{i}.ffn_norm.weight", lambda c: (c.d_model,), "mlp_norm"),
+    rule("blk.{i}.ffn_gate.weight", lambda c: (c.d_mlp, c.d_model), "w_gate", linear_transpose),
+    rule("blk.{i}.ffn_up.weight", lambda c: (c.d_mlp, c.d_model), "w_up", linear_transpose),
+    rule("blk.{i}.ffn_down.weight", lambda c: (c.d_model, c.d_mlp), "w_down", linear_transpose),
+)
+"""llama.cpp tensor names; ``internlm2`` files use the same ones (wqkv is split at conversion)."""
+
+
+def open_gguf(path: Path):
+    """A ``gguf.GGUFReader`` on ``path``; a damaged file raises :class:`CheckpointError`."""
+    import gguf
+
+    try:
+        return gguf.GGUFReader(path, "r")
+    except (ValueError, OSError, KeyError, IndexError, EOFError) as err:
+        raise CheckpointError(path, [f"not a readable GGUF file ({type(err).__name__}: {err})"], FIX) from err
+
+
+def scalar_metadata(reader) -> dict[str, Any]:
+    """GGUF metadata fields that are single values (strings, numbers); arrays such as the
+    tokenizer's vocabulary are left in the reader, to be read only when needed."""
+    import gguf
+
+    return {name: field.contents() for name, field in reader.fields.items() if field.types[:1] != [gguf.GGUFValueType.ARRAY]}
+
+
+def gguf_config(
+    meta: dict[str, Any], tensor_shapes: dict[str, tuple[int, ...]], rope_freqs: np.ndarray | None = None
+) -> tuple[ModelConfig, list[str]]:
+    """(ModelConfig, problems) from GGUF metadata, the stored tensor shapes and the optional
+    ``rope_freqs`` tensor; raises :class:`ConfigError` when metadata keys are missing."""
+    arch = meta.get("general.architecture")
+    if arch not in ARCHITECTURES:
+        raise ConfigError(f"unknown GGUF architecture {arch!r}; this tool reads {', '.join(ARCHITECTURES)} GGUF files")
+    required = ("block_count", "embedding_length", "feed_forward_length", "attention.head_count", "attention.layer_norm_rms_epsilon")
+    missing = [f"{arch}.{key}" for key in required if f"{arch}.{key}" not in meta]
+    if missing:
+        raise ConfigError(f"metadata keys missing: {', '.join(missing)}")
+    problems = []
+    key = lambda name, default=None: meta.get(f"{arch}.{name}", default)  # noqa: E731
+    d_model, n_heads = int(key("embedding_length")), int(key("attention.head_count"))
+    head_dim = int(key("attention.key_length", d_model // n_heads))
+    if int(key("rope.dimension_count", head_dim)) != head_dim:
+        problems.append(f"partial rotary embeddings ({key('rope.dimension_count')} of {head_dim} dims) are not supported")
+    scaling_kind = key("rope.scaling.type", "none")
+    if scaling_kind not in ("none", "linear"):
+        problems.append(f"RoPE scaling {scaling_kind!r} is not supported in GGUF files (only none and linear)")
+    scaling = RopeScaling("linear", float(key("rope.scaling.factor", 1.0))) if scaling_kind == "linear" else RopeScaling()
+    vocab = key("vocab_size") or tensor_shapes.get("token_embd.weight", (0,))[0]
+    if rope_freqs is not None and rope_freqs.shape != (head_dim // 2,):
+        problems.append(f"tensor {ROPE_FREQS} has shape {list(rope_freqs.shape)}, expected [{head_dim // 2}]")
+        rope_freqs = None
+    config = ModelConfig(
+        vocab_size=int(vocab),
+        d_model=d_model,
+        n_layers=int(key("block_count")),
+        n_heads=n_heads,
+        n_kv_heads=int(key("attention.head_count_kv", n_heads)),
+        head_dim=head_dim,
+        d_mlp=int(key("feed_forward_length")),
+        rms_norm_eps=float(key("attention.layer_norm_rms_epsilon")),
+        rope_theta=float(key("rope.freq_base", 10000.0)),
+        rope_scaling=scaling,
+        max_position_embeddings=int(key("context_length", 2048)),
+        tie_embeddings="output.weight" not in tensor_shapes,
+        architecture=arch,
+        bos_token_id=meta.get("tokenizer.ggml.bos_token_id"),
+        rope_freq_factors=None if rope_freqs is None else tuple(float(x) for x in rope_freqs),
+    )
+    return config, problems
+
+
+class GGUFCheckpoint(TableCheckpoint):
+    """Canonical tensors of a GGUF file, dequantized to float32 one tensor at a time.
+
+    Any quantization the ``gguf`` package can dequantize is read (F32, F16, BF16, Q8_0,
+    Q4_0, Q4_1, Q5_0, Q5_1 and the K-quants among them). ``metadata`` holds the single-valued
+    fields; ``reader`` (a ``gguf.GGUFReader``) the rest, such as the tokenizer's vocabulary.
+    """
+
+    def __init__(self, path: str | Path):
+        import gguf
+
+        path = Path(path)
+        reader = open_gguf(path)
+        self._tensors = {t.name: t for t in reader.tensors}
+        self._dequantize = gguf.quants.dequantize
+        shapes = {name: tuple(int(n) for n in reversed(t.shape.tolist())) for name, t in self._tensors.items()}
+        self.reader = reader
+        self.metadata = scalar_metadata(reader)
+        rope_freqs = self._read(ROPE_FREQS) if ROPE_FREQS in self._tensors else None
+        try:
+            config, problems = gguf_config(self.metadata, shapes, rope_freqs)
+        except ConfigError as err:
+            raise CheckpointError(path, [str(err)], FIX if "missing" in str(err) else "convert the model to a Llama-layout GGUF or safetensors") from err
+        super().__init__(path, config, GGUF_RULES, shapes, self._read, problems, FIX, optional=(ROPE_FREQS,), config_name="GGUF metadata")
+
+    def _read(self, name: str) -> np.ndarray:
+        """Stored tensor ``name`` dequantized to float32, in numpy order ([out, in] for matrices)."""
+        tensor = self._tensors[name]
+        array = self._dequantize(tensor.data, tensor.tensor_type)
+        shape = tuple(int(n) for n in reversed(tensor.shape.tolist()))
+        return np.asarray(array, dtype=np.float32).reshape(shape)
+
+    @property
+    def dtype(self) -> np.dtype:
+        """float32 (dequantized), or the file's own float16 / bfloat16 when the embedding is stored so."""
+        import ml_dtypes
+
+        kind = self._tensors["token_embd.weight"].tensor_type.name
+        return {"F16": np.dtype(np.float16), "BF16": np.dtype(ml_dtypes.bfloat16)}.get(kind, np.dtype(np.float32))

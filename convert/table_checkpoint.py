@@ -1,0 +1,91 @@
+"""A checkpoint read through a name table: validation and canonical tensors, format-agnostic.
+
+Subclasses (HF safetensors, GGUF) supply the config, the name table, the stored shapes
+and a function that reads one stored tensor; this class checks that every expected
+tensor is present with the right shape and nothing unexpected is there, then cuts
+stored tensors into canonical ones on demand.
+"""
+
+from __future__ import annotations
+
+from pathlib import Path
+from typing import Callable
+
+import numpy as np
+
+from circuits.convert.errors import CheckpointError
+from circuits.convert.layout import TensorRule, canonical_shape, expected_params
+from circuits.models.config import ModelConfig
+
+
+class TableCheckpoint:
+    """Canonical tensors of a checkpoint whose stored tensors a name table describes.
+
+    Construction validates names and shapes and raises one :class:`CheckpointError` listing
+    every problem (together with ``problems`` found earlier by the subclass); no tensor data
+    is read until :meth:`tensor`.
+    """
+
+    def __init__(
+        self,
+        source: str | Path,
+        config: ModelConfig,
+        rules: tuple[TensorRule, ...],
+        stored_shapes: dict[str, tuple[int, ...]] | None,
+        read: Callable[[str], np.ndarray],
+        problems: list[str],
+        fix: str,
+        optional: tuple[str, ...] = (),
+        config_name: str = "config",
+    ):
+        """``stored_shapes``: {stored name: shape}, or None when the files were too broken to list;
+        ``optional``: stored names (or suffixes) that may be present and are not read by the table;
+        ``config_name``: where the config came from, for messages (``config.json``, ``GGUF metadata``)."""
+        self.description = str(source)
+        self.config = config
+        self._config_name = config_name
+        self._read = read
+        self._last: tuple[str, dict[str, np.ndarray]] | None = None
+        global_names, layer_names = expected_params(config)
+        wanted = set(global_names) | set(layer_names)
+        self._producer: dict[str, TensorRule] = {}
+        expected: dict[str, TensorRule] = {}
+        unused: set[str] = set()
+        for tensor_rule in rules:
+            stored = [tensor_rule.stored_name.format(i=i) for i in range(config.n_layers)] if tensor_rule.per_layer else [tensor_rule.stored_name]
+            if wanted & set(tensor_rule.outputs):
+                for output in tensor_rule.outputs:
+                    self._producer[output] = tensor_rule
+                expected.update(dict.fromkeys(stored, tensor_rule))
+            else:
+                unused.update(stored)  # e.g. lm_head.weight beside tied embeddings: ignored
+        if stored_shapes is not None:
+            problems = problems + self._check_names_and_shapes(stored_shapes, expected, unused, optional)
+        if problems:
+            raise CheckpointError(source, problems, fix)
+
+    def _check_names_and_shapes(self, stored_shapes, expected, unused, optional) -> list[str]:
+        problems = []
+        for name in sorted(set(expected) - set(stored_shapes)):
+            problems.append(f"missing tensor {name}")
+        for name in sorted(set(stored_shapes) - set(expected) - unused):
+            if not name.endswith(optional):
+                problems.append(f"unexpected tensor {name} (not part of a {self.config.architecture} model with this config)")
+        for name, tensor_rule in expected.items():
+            if name in stored_shapes:
+                want = tuple(tensor_rule.stored_shape(self.config))
+                if tuple(stored_shapes[name]) != want:
+                    problems.append(f"tensor {name} has shape {list(stored_shapes[name])}, expected {list(want)} from the {self._config_name}")
+        return problems
+
+    def tensor(self, name: str, layer: int | None = None) -> np.ndarray:
+        """Canonical tensor ``name`` (of ``layer`` for per-layer parameters)."""
+        tensor_rule = self._producer[name]
+        stored = tensor_rule.stored_name.format(i=layer)
+        if self._last is None or self._last[0] != stored:  # a fused tensor is read once for its outputs
+            self._last = (stored, tensor_rule.split(self._read(stored), self.config))
+        array = self._last[1][name]
+        expected = canonical_shape(name, self.config)
+        if tuple(array.shape) != expected:
+            raise AssertionError(f"name table bug: {name} came out as {array.shape}, expected {expected}")
+        return array

