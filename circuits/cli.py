@@ -8,8 +8,9 @@ import sys
 from circuits.convert.errors import CheckpointError
 from circuits.models.config import ConfigError
 from circuits.models.sharding import MeshError, parse_mesh
+from circuits.named_models import DEFAULT_MODEL, ModelDownloadError
 
-USER_ERRORS = (CheckpointError, ConfigError, MeshError, FileNotFoundError, FileExistsError, ValueError)
+USER_ERRORS = (CheckpointError, ConfigError, MeshError, ModelDownloadError, FileNotFoundError, FileExistsError, ValueError)
 
 
 def _convert(args: argparse.Namespace) -> None:
@@ -73,7 +74,7 @@ def build_parser() -> argparse.ArgumentParser:
     commands = parser.add_subparsers(dest="command", required=True)
 
     convert = commands.add_parser("convert", help="convert a checkpoint once into a fast Orbax cache")
-    convert.add_argument("source", help="HF directory, safetensors index, or cache")
+    convert.add_argument("source", help="HF directory, safetensors index, GGUF file or model name")
     convert.add_argument("destination", help="new directory for the Orbax cache")
     convert.add_argument("--dtype", default=None, help="store as this dtype (default: the checkpoint's)")
     convert.add_argument("--force", action="store_true", help="replace an existing destination")
@@ -86,7 +87,7 @@ def build_parser() -> argparse.ArgumentParser:
     info.set_defaults(run=_info)
 
     analyze = commands.add_parser("analyze", help="predict induction heads and circuits from the weights alone")
-    analyze.add_argument("model", nargs="?", default="demo-induction", help="HF directory, cache, or demo name")
+    analyze.add_argument("model", nargs="?", default=DEFAULT_MODEL, help=f"HF directory, GGUF file, cache, model name (default {DEFAULT_MODEL}) or demo name")
     analyze.add_argument("--out", default=None, help="also write the full results as JSON here")
     analyze.add_argument("--top", type=int, default=10, help="rows to show")
     analyze.add_argument("--max-pairs", type=int, default=4096, help="head pairs that get token-level terms")
