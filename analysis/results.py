@@ -11,12 +11,17 @@ from circuits.analysis.weights import Preprocessing
 
 @dataclasses.dataclass(frozen=True)
 class HeadScores:
-    """Per-head scores f32[L, N] (flat head h = k * G + g); ``np.asarray(result)`` gives ``scores``."""
+    """Per-head scores f32[L, N] (flat head h = k * G + g); ``np.asarray(result)`` gives ``scores``.
+
+    ``preprocessing``: the weight preprocessing of a weight-only score (None for measured ones);
+    ``source``: where the numbers come from (``"weights"``, or the forward-pass data used).
+    """
 
     name: str
     scores: np.ndarray
-    preprocessing: Preprocessing
+    preprocessing: Preprocessing | None
     eigenvalues: np.ndarray | None = None  # complex[L, N, D] when requested
+    source: str = "weights"
 
     def __array__(self, dtype=None, copy=None):
         return self.scores if dtype is None else self.scores.astype(dtype)

@@ -17,7 +17,6 @@ The residual stream (d_model = 3V + 1) holds the token one-hot [0, V), the previ
 
 from __future__ import annotations
 
-import jax
 import jax.numpy as jnp
 import numpy as np
 from flax import nnx
@@ -101,9 +100,3 @@ def planted_induction_model(
     model.unembed[...] = as_f32(unembed)
     return model
 
-
-def repeated_random_tokens(batch: int, length: int, vocab_size: int, *, repeats: int = 2, bos: int = 0, seed: int = 0) -> jax.Array:
-    """int32[B, 1 + repeats * length]: BOS then a block of random non-BOS tokens repeated ``repeats`` times."""
-    rng = np.random.default_rng(seed)
-    block = rng.integers(1, vocab_size, (batch, length))
-    return jnp.asarray(np.concatenate([np.full((batch, 1), bos), np.tile(block, repeats)], axis=1), jnp.int32)

