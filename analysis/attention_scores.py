@@ -37,13 +37,13 @@ def _as_data(model: Transformer, tokens, seeds: tuple[int, ...]) -> list[tuple[n
     """[(tokens int32[B, T], description, first position of a later repeat)]: the given tokens (a plain
     array counts as having no repeats: 0), or the default repeated random tokens, one batch per seed."""
     if tokens is None:
-        tokens = [repeated_random_tokens(model.config, seed=seed) for seed in seeds]
-    elif isinstance(tokens, RepeatedTokens):
-        tokens = [tokens]
-    else:
-        tokens = np.asarray(tokens, np.int32)
-        return [(tokens, f"{tokens.shape[0]} given sequences of {tokens.shape[1]} tokens", 0)]
-    return [(b.tokens, b.describe(), b.length + 1) for b in tokens]
+        batches = [repeated_random_tokens(model.config, seed=seed) for seed in seeds]
+        description = batches[0].describe().replace(f"seed {seeds[0]}", f"seed{'s' * (len(seeds) > 1)} {', '.join(map(str, seeds))}")
+        return [(b.tokens, description, b.length + 1) for b in batches]
+    if isinstance(tokens, RepeatedTokens):
+        return [(tokens.tokens, tokens.describe(), tokens.length + 1)]
+    tokens = np.asarray(tokens, np.int32)
+    return [(tokens, f"{tokens.shape[0]} given sequences of {tokens.shape[1]} tokens", 0)]
 
 
 @nnx.jit
@@ -64,7 +64,7 @@ def attention_scores(model: Transformer, tokens=None, *, seeds: tuple[int, ...] 
     for batch, _, _ in data:
         for name, share in _attention_shares(model, jnp.asarray(batch)).items():
             totals[name] = totals.get(name, 0.0) + np.asarray(share, np.float32)
-    source = "; ".join(description for _, description, _ in data)
+    source = data[0][1]
     n_heads = model.config.n_heads
     return {
         name: HeadScores(name, (total / len(data)).reshape(-1, n_heads), None, source=f"forward pass on {source}")
@@ -125,5 +125,5 @@ def copying_scores(model: Transformer, tokens=None, *, positions=None, seeds: tu
     for batch, _, later in data:
         chosen = tuple(range(later, batch.shape[1])) if positions is None else tuple(int(p) for p in positions)
         total = total + np.asarray(_direct_copying(model, jnp.asarray(batch), chosen), np.float32)
-    source = "; ".join(description for _, description, _ in data)
+    source = data[0][1]
     return HeadScores("copying", (total / len(data)).reshape(-1, model.config.n_heads), None, source=f"forward pass on {source}")

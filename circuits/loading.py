@@ -39,7 +39,7 @@ def checkpoint_kind(path: str | Path) -> str:
         return "demo"
     path = Path(path)
     if not path.exists():
-        raise FileNotFoundError(f"{path}: no such file or directory; give {', '.join(FORMATS)}")
+        raise FileNotFoundError(f"{path}: no such file or directory; fix: give {', '.join(FORMATS)}")
     if is_cache(path):
         return "cache"
     if path.suffix == ".gguf":

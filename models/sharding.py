@@ -51,7 +51,7 @@ def make_mesh(data: int = 1, model: int | None = None, devices=None) -> Mesh:
     if data * model != len(devices) or data < 1 or model < 1:
         raise MeshError(
             f"a mesh of data={data} x model={model} needs {data * model} devices, but {len(devices)} are "
-            f"available; choose sizes whose product is {len(devices)}"
+            f"available; fix: choose sizes whose product is {len(devices)}"
         )
     auto = (jax.sharding.AxisType.Auto,) * 2  # XLA propagates shardings from the parameters
     return jax.make_mesh((data, model), ("data", "model"), devices=devices, axis_types=auto)
@@ -63,7 +63,7 @@ def parse_mesh(spec: str) -> Mesh:
     for part in spec.split(","):
         name, _, value = part.partition("=")
         if name.strip() not in ("data", "model") or not value.strip().isdigit():
-            raise MeshError(f"cannot read mesh {spec!r}; write it as data=D,model=M (e.g. data=1,model=8)")
+            raise MeshError(f"cannot read mesh {spec!r}; fix: write it as data=D,model=M (e.g. data=1,model=8)")
         sizes[name.strip()] = int(value)
     return make_mesh(sizes.get("data", 1), sizes.get("model"))
 
@@ -74,7 +74,7 @@ def check_mesh_fits(mesh: Mesh, n_kv_heads: int) -> None:
     if n_kv_heads % model:
         raise MeshError(
             f"the mesh's model axis has {model} devices but the model has {n_kv_heads} KV heads; "
-            f"use a model axis that divides {n_kv_heads} (e.g. model={np.gcd(n_kv_heads, model)})"
+            f"fix: use a model axis that divides {n_kv_heads} (e.g. model={np.gcd(n_kv_heads, model)})"
         )
 
 

@@ -1,0 +1,247 @@
+"""``circuits.report``: weight-only induction-circuit prediction, optionally validated by forward passes.
+
+The :class:`CircuitReport` is plain data (numpy arrays and numbers) with a versioned JSON
+schema; Markdown and self-contained HTML renderings live in :mod:`circuits.render`.
+"""
+
+from __future__ import annotations
+
+import dataclasses
+import json
+import os
+import shutil
+import tempfile
+from pathlib import Path
+from typing import Any
+
+import numpy as np
+
+from circuits.analysis.ablation import heads_mask, sweep_losses
+from circuits.analysis.agreement import AblationEffect, ablation_effect, heads_for_fraction, precision_at_k, spearman, top_heads
+from circuits.analysis.attention_scores import attention_scores, copying_scores
+from circuits.analysis.induction import InductionEdge, predict_induction
+from circuits.analysis.repeated_tokens import repeated_random_tokens
+from circuits.analysis.targets import induction_targets
+from circuits.progress import progress
+
+SCHEMA_VERSION = 1
+REPORT_FILES = ("report.json", "report.md", "report.html")
+
+
+@dataclasses.dataclass(frozen=True)
+class Validation:
+    """Forward-pass evidence. Head maps are f32[L, N]; losses in nats on the later repeats of ``data``.
+
+    ``confirmed``: the top-k predicted heads whose measured prefix-matching score is at least
+    ``confirm_threshold`` (the share of attention they put on the induction target).
+    ``knockout_loss``: loss with the exact induction edges knocked out in the top-k predicted heads only.
+    """
+
+    data: str
+    prefix_matching: np.ndarray
+    previous_token: np.ndarray
+    duplicate_token: np.ndarray
+    copying: np.ndarray
+    spearman: float
+    precision_at_k: float
+    ablation: AblationEffect
+    knockout_loss: float
+    confirm_threshold: float
+    confirmed: list[tuple[int, int]]
+
+
+@dataclasses.dataclass(frozen=True)
+class CircuitReport:
+    """What the weights predict about induction circuits, and (with validation) what forward passes show."""
+
+    model: str
+    config: dict[str, Any]
+    preprocessing: dict[str, Any]
+    ov_copying: np.ndarray
+    predicted_induction: np.ndarray
+    edges: list[InductionEdge]
+    k_composition_baseline: dict[str, float]
+    k: int
+    validation: Validation | None = None
+    schema_version: int = SCHEMA_VERSION
+
+    def top_predicted(self) -> list[tuple[int, int, float]]:
+        """The k heads with the highest predicted induction score, as (layer, head, score)."""
+        order = np.argsort(-self.predicted_induction, axis=None)[: self.k]
+        n_heads = self.predicted_induction.shape[1]
+        return [(int(i) // n_heads, int(i) % n_heads, float(self.predicted_induction.ravel()[i])) for i in order]
+
+    def to_dict(self) -> dict[str, Any]:
+        """JSON-ready dict (arrays as nested lists)."""
+        return _to_json_ready(dataclasses.asdict(self))
+
+    def to_json(self) -> str:
+        return json.dumps(self.to_dict(), indent=1)
+
+    @classmethod
+    def from_dict(cls, data: dict[str, Any]) -> "CircuitReport":
+        if data.get("schema_version") != SCHEMA_VERSION:
+            raise ValueError(f"report schema version {data.get('schema_version')} is not {SCHEMA_VERSION}; re-run circuits report")
+        fields = dict(data)
+        for name in ("ov_copying", "predicted_induction"):
+            fields[name] = np.asarray(fields[name], np.float32)
+        fields["edges"] = [InductionEdge(**edge) for edge in fields["edges"]]
+        if fields.get("validation") is not None:
+            v = dict(fields["validation"])
+            for name in ("prefix_matching", "previous_token", "duplicate_token", "copying"):
+                v[name] = np.asarray(v[name], np.float32)
+            ablation = dict(v["ablation"])
+            ablation["heads"] = [tuple(h) for h in ablation["heads"]]
+            v["ablation"] = AblationEffect(**ablation)
+            v["confirmed"] = [tuple(h) for h in v["confirmed"]]
+            fields["validation"] = Validation(**v)
+        return cls(**fields)
+
+    @classmethod
+    def from_json(cls, text: str) -> "CircuitReport":
+        return cls.from_dict(json.loads(text))
+
+    def to_markdown(self) -> str:
+        from circuits.render import report_markdown
+
+        return report_markdown(self)
+
+    def to_html(self) -> str:
+        from circuits.render import report_html
+
+        return report_html(self)
+
+    def write(self, directory: str | Path) -> Path:
+        """Write report.json, report.md and report.html into ``directory``, all or nothing: the files are
+        rendered into a staging directory first, then moved into place."""
+        directory = Path(directory)
+        directory.parent.mkdir(parents=True, exist_ok=True)
+        staging = Path(tempfile.mkdtemp(dir=directory.parent, prefix=f".{directory.name}.partial-"))
+        try:
+            for name, text in zip(REPORT_FILES, (self.to_json(), self.to_markdown(), self.to_html())):
+                (staging / name).write_text(text, encoding="utf-8")
+            if not directory.exists():
+                os.replace(staging, directory)
+                return directory
+            for name in REPORT_FILES:
+                os.replace(staging / name, directory / name)
+        finally:
+            shutil.rmtree(staging, ignore_errors=True)
+        return directory
+
+
+def _to_json_ready(value):
+    if isinstance(value, np.ndarray):
+        return np.round(np.nan_to_num(value.astype(np.float64), nan=0.0), 6).tolist()
+    if isinstance(value, dict):
+        return {key: _to_json_ready(item) for key, item in value.items()}
+    if isinstance(value, (list, tuple)):
+        return [_to_json_ready(item) for item in value]
+    if isinstance(value, (np.floating, np.integer)):
+        return value.item()
+    return value
+
+
+def validate_prediction(model, predicted: np.ndarray, k: int, *, confirm_threshold: float = 0.3, seeds=(0, 1, 2),
+             show_progress: bool = True) -> Validation:
+    """Measure every head on BOS + 50 random tokens x 2 (16 sequences per seed) and test the prediction:
+    rank agreement, ablation of the top-k predicted heads vs k random heads, and induction-edge knockout."""
+    config = model.config
+    data = repeated_random_tokens(config, 16, 50, seed=seeds[0])
+    steps = ["attention scores", "copying scores", "ablation sweep", "knockout sweep"]
+    results: dict[str, Any] = {}
+    for step in progress(steps, "validating with forward passes", enabled=show_progress):
+        if step == "attention scores":
+            results["attention"] = attention_scores(model, seeds=tuple(seeds))
+        elif step == "copying scores":
+            results["copying"] = copying_scores(model, data)
+        elif step == "ablation sweep":
+            results["ablation"] = ablation_effect(model, data, predicted, k, seeds=tuple(seeds))
+        else:
+            heads = heads_mask(config, top_heads(predicted, k))
+            results["knockout"] = float(
+                sweep_losses(model, data.tokens, data.later_repeats, knock_out=heads[None], edges=induction_targets(data.tokens))[0]
+            )
+    scores = {name: s.scores for name, s in results["attention"].items()}
+    prefix = scores["prefix_matching"]
+    confirmed = [(layer, head) for layer, head in top_heads(predicted, k) if prefix[layer, head] >= confirm_threshold]
+    return Validation(
+        data=results["attention"]["prefix_matching"].source,
+        prefix_matching=prefix,
+        previous_token=scores["previous_token"],
+        duplicate_token=scores["duplicate_token"],
+        copying=results["copying"].scores,
+        spearman=spearman(predicted, prefix),
+        precision_at_k=precision_at_k(predicted, prefix, k),
+        ablation=results["ablation"],
+        knockout_loss=results["knockout"],
+        confirm_threshold=confirm_threshold,
+        confirmed=confirmed,
+    )
+
+
+def report(
+    model="smollm2-135m",
+    *,
+    validate: bool = True,
+    k: int | None = None,
+    mesh=None,
+    dtype=None,
+    fold_norms: bool = True,
+    confirm_threshold: float = 0.3,
+    show_progress: bool = True,
+) -> CircuitReport:
+    """Build a :class:`CircuitReport` for ``model`` (a path, model name, or a loaded Transformer).
+
+    HF and GGUF checkpoints are streamed for the weight-only part; validation (on by default) then
+    loads the model once (onto ``mesh`` if given) and runs the forward passes. ``k``: how many heads
+    count as "top" (default: 3% of all heads).
+    """
+    from circuits.loading import checkpoint_kind, load, open_weights, resolve
+    from circuits.models.transformer import Transformer
+
+    if isinstance(model, Transformer):
+        name, path, loaded = model.description, None, model
+    else:
+        name, path = str(model), resolve(model)
+        loaded = None if checkpoint_kind(path) in ("hf", "gguf") else load(path, dtype=dtype, mesh=mesh, show_progress=show_progress)
+    source = loaded if loaded is not None else open_weights(path, show_progress=show_progress)
+    config = source.config
+    if validate and loaded is None:
+        _check_validation_fits(config, dtype if dtype is not None else source.dtype, mesh)
+    k = k or heads_for_fraction(config.n_layers, config.n_heads, 0.03)
+    prediction = predict_induction(source, fold_norms=fold_norms, n_edges=max(20, k), show_progress=show_progress)
+    del source  # the streamed reader is closed before the model is loaded: never two copies
+    validation = None
+    if validate:
+        if loaded is None:
+            loaded = load(path, dtype=dtype, mesh=mesh, show_progress=show_progress)
+        validation = validate_prediction(loaded, prediction.predicted_induction.scores, k,
+                                         confirm_threshold=confirm_threshold, show_progress=show_progress)
+    return CircuitReport(
+        model=name,
+        config=config.to_dict(),
+        preprocessing=dataclasses.asdict(prediction.preprocessing),
+        ov_copying=prediction.ov_copying.scores,
+        predicted_induction=prediction.predicted_induction.scores,
+        edges=prediction.edges,
+        k_composition_baseline={"mean": prediction.k_composition.baseline_mean, "std": prediction.k_composition.baseline_std},
+        k=k,
+        validation=validation,
+    )
+
+
+def _check_validation_fits(config, dtype, mesh) -> None:
+    """Refuse up front a validation run that cannot fit (mesh that does not divide the KV heads, too little memory)."""
+    from circuits.models.sharding import check_mesh_fits
+    from circuits.resources import check_fits, dtype_bytes, validation_memory_bytes
+
+    if mesh is not None:
+        check_mesh_fits(mesh, config.n_kv_heads)
+    devices = 1 if mesh is None else mesh.devices.size
+    check_fits(
+        validation_memory_bytes(config, dtype_bytes(dtype), 16, 101) // devices,
+        "--validate (the forward passes)",
+        "run without --validate (the weight-only analysis streams the weights), load with --dtype bfloat16, "
+        "or spread the model over a --mesh",
+    )

@@ -1,0 +1,94 @@
+"""`circuits report` / `circuits.report`: schema, renderings, CLI errors, and the real model."""
+
+import json
+
+import numpy as np
+import pytest
+from helpers import arange_llama, write_hf_checkpoint
+
+from circuits.cli import main
+from circuits.report import CircuitReport, report
+
+
+@pytest.fixture(scope="module")
+def demo_report():
+    return report("demo-induction", show_progress=False)
+
+
+def test_schema_round_trip(demo_report):
+    text = demo_report.to_json()
+    again = CircuitReport.from_json(text)
+    assert again.to_json() == text
+    assert again.validation.confirmed == [(1, 0)] and again.top_predicted()[0][:2] == (1, 0)
+    np.testing.assert_allclose(again.validation.prefix_matching, demo_report.validation.prefix_matching, atol=1e-6)
+    data = json.loads(text)
+    data["schema_version"] = 99
+    with pytest.raises(ValueError, match="schema version 99"):
+        CircuitReport.from_dict(data)
+
+
+def test_html_is_self_contained_with_heatmaps_and_graph(demo_report):
+    page = demo_report.to_html()
+    for figure in ("heatmap-predicted", "heatmap-ov", "heatmap-prefix", "heatmap-previous", "heatmap-copying", "circuit-graph"):
+        assert f'id="{figure}"><svg' in page, figure
+    assert "<script" not in page and "<link" not in page and "src=" not in page  # nothing fetched from a network
+    assert "L1H0" in page and "L0H0" in page
+    weight_only = report("demo-induction", validate=False, show_progress=False)
+    assert weight_only.validation is None and "heatmap-prefix" not in weight_only.to_html()
+
+
+def test_markdown_lists_heads_with_both_scores(demo_report):
+    text = demo_report.to_markdown()
+    assert "| 1 | L1H0 | " in text and "| yes |" in text
+    assert "induction edges knocked out" in text
+
+
+def test_cli_writes_three_files_and_summarises(tmp_path, capsys):
+    out = tmp_path / "rep"
+    assert main(["report", "demo-induction", "--validate", "--out", str(out)]) == 0
+    assert sorted(p.name for p in out.iterdir()) == ["report.html", "report.json", "report.md"]
+    printed = capsys.readouterr().out
+    assert "confirmed 1 of the top 1" in printed
+    assert main(["report", "demo-induction", "--out", str(out)]) == 0  # rewriting an existing report
+    assert json.loads((out / "report.json").read_text())["validation"] is None
+    assert not list(tmp_path.glob(".*partial*"))
+
+
+def run_failing(args, capsys) -> str:
+    assert main(args) == 2
+    error = capsys.readouterr().err
+    assert error.startswith("error: ") and "fix" in error.lower()
+    return error
+
+
+def test_cli_errors_name_cause_and_fix_and_write_nothing(tmp_path, capsys, monkeypatch):
+    out = tmp_path / "never"
+    tensors, config = arange_llama(n_heads=4, n_kv_heads=2, head_dim=4, d_model=16)
+    write_hf_checkpoint(tmp_path / "llama", tensors, config)
+    write_hf_checkpoint(tmp_path / "gpt2", tensors, {**config, "architectures": ["GPT2LMHeadModel"]})
+
+    assert "unknown architecture ['GPT2LMHeadModel']" in run_failing(["report", str(tmp_path / "gpt2"), "--out", str(out)], capsys)
+    assert "no such file" in run_failing(["report", str(tmp_path / "missing"), "--out", str(out)], capsys)
+    mesh_error = run_failing(["report", str(tmp_path / "llama"), "--validate", "--mesh", "data=1,model=8", "--out", str(out)], capsys)
+    assert "2 KV heads" in mesh_error or "kv heads" in mesh_error.lower()
+
+    import circuits.resources
+
+    monkeypatch.setattr(circuits.resources, "available_memory_bytes", lambda: 1000)
+    memory_error = run_failing(["report", str(tmp_path / "llama"), "--validate", "--out", str(out)], capsys)
+    assert "needs about" in memory_error and "without --validate" in memory_error
+    assert not out.exists() and not list(tmp_path.glob(".never*"))
+
+
+def test_real_model_report_contains_the_confirmed_heads(tmp_path, capsys):
+    out = tmp_path / "smollm2"
+    assert main(["report", "--validate", "--out", str(out)]) == 0  # the README's main job, on the default model
+    data = json.loads((out / "report.json").read_text())
+    validation = data["validation"]
+    assert data["config"]["n_layers"] == 30 and validation["confirmed"]
+    prefix = np.asarray(validation["prefix_matching"])
+    markdown = (out / "report.md").read_text()
+    for layer, head in validation["confirmed"]:
+        assert prefix[layer, head] >= validation["confirm_threshold"]
+        assert f"L{layer}H{head}" in markdown
+    assert validation["ablation"]["ablated_loss"] - validation["ablation"]["clean_loss"] > 1.0
