@@ -1,0 +1,141 @@
+"""``circuits icl``: induction-head ablation and knockout on in-context-learning tasks (Crosbie & Shutova 2024).
+
+Heads are chosen by prefix matching on BOS + 50 random tokens x 4; every task is scored with
+no ablation, with the top p% heads zero- or mean-ablated, with the same number of random heads
+per layer ablated (several seeds), and with only the induction edges (exact or category)
+knocked out in the top heads.
+"""
+
+from __future__ import annotations
+
+import dataclasses
+import json
+from pathlib import Path
+
+import numpy as np
+
+from circuits.analysis.ablation import heads_mask, mean_head_outputs
+from circuits.analysis.agreement import heads_for_fraction, random_heads
+from circuits.analysis.attention_scores import prefix_matching_scores
+from circuits.analysis.icl import (
+    accuracy,
+    category_map,
+    encode_prompts,
+    label_log_likelihoods,
+    pattern_matching_heads,
+)
+from circuits.analysis.icl_tasks import TASKS, few_shot_prompts
+from circuits.analysis.repeated_tokens import repeated_random_tokens
+from circuits.analysis.targets import category_targets, induction_targets
+from circuits.models.interventions import Interventions
+from circuits.progress import progress
+
+
+@dataclasses.dataclass(frozen=True)
+class ICLSettings:
+    fractions: tuple[float, ...] = (0.01, 0.03)
+    prompts_per_task: int = 48
+    shots: int = 5
+    random_seeds: tuple[int, ...] = (0, 1, 2)
+    selection_seeds: tuple[int, ...] = (0, 1, 2)
+    mean_ablation: bool = True
+
+
+QUICK = ICLSettings(prompts_per_task=16, random_seeds=(0, 1), selection_seeds=(0,))
+
+
+@dataclasses.dataclass(frozen=True)
+class ICLResult:
+    """accuracy[task][condition]: one value per seed (random-head conditions) or a single value."""
+
+    model: str
+    settings: dict
+    heads: dict[str, list[tuple[int, int]]]
+    accuracy: dict[str, dict[str, list[float]]]
+    pattern_matching_heads: list[tuple[int, int, float]]
+
+    def rows(self) -> list[tuple[str, str, float, float, float]]:
+        """(task, condition, mean accuracy, drop vs no ablation, std over seeds)."""
+        out = []
+        for task, conditions in self.accuracy.items():
+            clean = conditions["no ablation"][0]
+            for condition, values in conditions.items():
+                mean = float(np.mean(values))
+                out.append((task, condition, mean, clean - mean, float(np.std(values))))
+        return out
+
+    def to_markdown(self) -> str:
+        lines = [f"# In-context learning with induction heads removed: {self.model}", "",
+                 "| task | condition | accuracy | drop vs no ablation | std over seeds |", "| --- | --- | --- | --- | --- |"]
+        lines += [f"| {t} | {c} | {a:.3f} | {d:+.3f} | {s:.3f} |" for t, c, a, d, s in self.rows()]
+        lines += ["", "Top heads: " + "; ".join(f"{k}: " + ", ".join(f"L{l}H{h}" for l, h in v) for k, v in self.heads.items())]
+        lines += ["", "Pattern-matching heads (Olsson et al.), share of attention from ':' to earlier same-template labels: "
+                  + ", ".join(f"L{l}H{h} {s:.3f}" for l, h, s in self.pattern_matching_heads)]
+        return "\n".join(lines) + "\n"
+
+    def to_json(self) -> str:
+        return json.dumps(dataclasses.asdict(self), indent=1)
+
+    def plot(self, path: Path) -> None:
+        """Grouped bars: accuracy per task (groups) and condition (bars), seeds' spread as error bars."""
+        import matplotlib
+
+        matplotlib.use("Agg")
+        import matplotlib.pyplot as plt
+
+        tasks = list(self.accuracy)
+        conditions = list(dict.fromkeys(c for row in self.accuracy.values() for c in row))
+        width = 0.8 / len(conditions)
+        figure, axes = plt.subplots(figsize=(2 + 1.6 * len(tasks), 4.5))
+        for i, condition in enumerate(conditions):
+            values = [self.accuracy[t].get(condition, [np.nan]) for t in tasks]
+            axes.bar(np.arange(len(tasks)) + i * width, [np.mean(v) for v in values], width,
+                     yerr=[np.std(v) for v in values], label=condition)
+        axes.set_xticks(np.arange(len(tasks)) + 0.4 - width / 2, [t.replace(" ", "\n", 1) for t in tasks], fontsize=7)
+        axes.set_ylabel("accuracy")
+        axes.set_ylim(0, 1)
+        axes.legend(fontsize=6, ncol=2, loc="upper left", bbox_to_anchor=(1.0, 1.0))
+        figure.savefig(path, bbox_inches="tight")
+        plt.close(figure)
+
+
+def run_icl(model, tokenizer, name: str, settings: ICLSettings = ICLSettings(), show_progress: bool = True) -> ICLResult:
+    """Run every task under every condition; ``model`` a loaded Transformer, ``tokenizer`` a ``tokenizers.Tokenizer``."""
+    config = model.config
+    bos = config.bos_token_id if config.bos_token_id is not None else 0
+    encode = lambda text: tokenizer.encode(text, add_special_tokens=False).ids  # noqa: E731
+    scores = np.mean([prefix_matching_scores(model, repeated_random_tokens(config, 16, 50, repeats=4, seed=s)).scores
+                      for s in settings.selection_seeds], axis=0)
+    heads = {}
+    for fraction in settings.fractions:
+        k = heads_for_fraction(config.n_layers, config.n_heads, fraction)
+        order = np.argsort(-scores, axis=None)[:k]
+        heads[f"{fraction:.0%}"] = [(int(i) // config.n_heads, int(i) % config.n_heads) for i in order]
+    none = Interventions.none(config)
+    results: dict[str, dict[str, list[float]]] = {}
+    for task in progress(list(TASKS.values()), "ICL tasks x conditions", enabled=show_progress):
+        prompts = few_shot_prompts(task, settings.prompts_per_task, settings.shots, seed=1)
+        batch = encode_prompts(encode, prompts, task.labels, bos)
+        zero_shot = encode_prompts(encode, few_shot_prompts(task, settings.prompts_per_task, 0, seed=1), task.labels, bos)
+        def score(interventions=None, knock_out=None, edges=None, b=batch) -> float:
+            return accuracy(label_log_likelihoods(model, b, interventions, knock_out=knock_out, edges=edges), b.answers)
+
+        row = {"zero-shot": [score(b=zero_shot)], "no ablation": [score()]}
+        categories = category_map(encode, config.vocab_size, task.categories) if task.categories else None
+        means = mean_head_outputs(model, batch.tokens[:16]) if settings.mean_ablation else None
+        for pct, chosen in heads.items():
+            mask = heads_mask(config, chosen)
+            row[f"top {pct} zero-ablated"] = [score(none.ablate(mask))]
+            if means is not None:
+                row[f"top {pct} mean-ablated"] = [score(none.ablate(mask, means))]
+            row[f"random {pct} zero-ablated"] = [
+                score(none.ablate(heads_mask(config, random_heads(config.n_layers, config.n_heads, len(chosen), seed, like=chosen))))
+                for seed in settings.random_seeds
+            ]
+            row[f"top {pct} exact induction edges knocked out"] = [score(knock_out=mask, edges=induction_targets)]
+            if categories is not None:
+                fuzzy = lambda t: category_targets(t, categories)  # noqa: E731
+                row[f"top {pct} category edges knocked out"] = [score(knock_out=mask, edges=fuzzy)]
+        results[task.name] = row
+    pattern_heads = pattern_matching_heads(model, encode, bos)
+    return ICLResult(name, dataclasses.asdict(settings), heads, results, pattern_heads)
