@@ -4,6 +4,7 @@ from __future__ import annotations
 
 import argparse
 import sys
+from pathlib import Path
 
 from circuits.convert.errors import CheckpointError
 from circuits.models.config import ConfigError
@@ -117,6 +118,34 @@ def _report(args: argparse.Namespace) -> None:
     console.print(f"wrote {', '.join(str(directory / name) for name in ('report.json', 'report.md', 'report.html'))}")
 
 
+def _icl(args: argparse.Namespace) -> None:
+    from rich.console import Console
+    from rich.table import Table
+
+    from circuits.icl_experiment import QUICK, ICLSettings, run_icl
+    from circuits.loading import load
+    from circuits.output import atomic_write_text
+    from circuits.tokenizer import load_tokenizer
+
+    tokenizer = load_tokenizer(args.model)
+    model = load(args.model, dtype=args.dtype)
+    result = run_icl(model, tokenizer, str(args.model), QUICK if args.quick else ICLSettings())
+    table = Table(title=f"In-context learning with induction heads removed: {args.model}")
+    for column in ("task", "condition", "accuracy", "drop vs no ablation", "std over seeds"):
+        table.add_column(column, justify="right" if column != "task" and column != "condition" else "left")
+    for task, condition, value, drop, spread in result.rows():
+        table.add_row(task, condition, f"{value:.3f}", f"{drop:+.3f}", f"{spread:.3f}")
+    console = Console()
+    console.print(table)
+    console.print("pattern-matching heads: " + ", ".join(f"L{l}H{h} {s:.3f}" for l, h, s in result.pattern_matching_heads))
+    if args.out:
+        out = Path(args.out)
+        atomic_write_text(out / "icl.json", result.to_json())
+        atomic_write_text(out / "icl.md", result.to_markdown())
+        result.plot(out / "icl.png")
+        console.print(f"wrote {out / 'icl.json'}, {out / 'icl.md'}, {out / 'icl.png'}")
+
+
 def build_parser() -> argparse.ArgumentParser:
     parser = argparse.ArgumentParser(prog="circuits", description=__doc__)
     commands = parser.add_subparsers(dest="command", required=True)
@@ -151,6 +180,13 @@ def build_parser() -> argparse.ArgumentParser:
     report.add_argument("--top", type=int, default=None, help="how many heads count as top (default 3%% of all heads)")
     report.add_argument("--no-fold-norms", action="store_true", help="score raw weights (norm gains not folded)")
     report.set_defaults(run=_report)
+
+    icl = commands.add_parser("icl", help="ablate / knock out induction heads on in-context-learning tasks")
+    icl.add_argument("model", nargs="?", default=DEFAULT_MODEL, help=f"a model with a tokenizer (default {DEFAULT_MODEL})")
+    icl.add_argument("--quick", action="store_true", help="16 prompts per task, 2 random seeds: a few minutes on 2 CPU cores")
+    icl.add_argument("--out", default=None, help="also write icl.json, icl.md and icl.png here")
+    icl.add_argument("--dtype", default=None)
+    icl.set_defaults(run=_icl)
     return parser
 
 

@@ -10,6 +10,7 @@ from __future__ import annotations
 
 import dataclasses
 import json
+import os
 from pathlib import Path
 
 import numpy as np
@@ -95,8 +96,10 @@ class ICLResult:
         axes.set_ylabel("accuracy")
         axes.set_ylim(0, 1)
         axes.legend(fontsize=6, ncol=2, loc="upper left", bbox_to_anchor=(1.0, 1.0))
-        figure.savefig(path, bbox_inches="tight")
+        partial = path.with_name(f".{path.name}.partial.png")
+        figure.savefig(partial, bbox_inches="tight")
         plt.close(figure)
+        os.replace(partial, path)  # never a half-written image
 
 
 def run_icl(model, tokenizer, name: str, settings: ICLSettings = ICLSettings(), show_progress: bool = True) -> ICLResult:

@@ -13,35 +13,16 @@ from typing import Any
 import numpy as np
 
 from circuits.convert.layout import TensorRule, linear_transpose, output_columns, rule
-from circuits.models.config import ModelConfig, rope_from_hf
+from circuits.convert.llama import activation_problems, llama_like_config
+from circuits.models.config import ModelConfig
 
 
 def internlm2_config(hf: dict[str, Any]) -> tuple[ModelConfig, list[str]]:
-    """(ModelConfig, problems) from an InternLM2 ``config.json`` dict."""
+    """(ModelConfig, problems) from an InternLM2 ``config.json`` dict (head_dim is always hidden / heads)."""
     problems = []
     if hf.get("bias", False):
         problems.append("bias is true; InternLM2 with biased projections is not supported (only bias: false)")
-    if hf.get("hidden_act", "silu") != "silu":
-        problems.append(f"hidden_act {hf.get('hidden_act')!r} is not supported (only silu / SwiGLU)")
-    n_heads = hf["num_attention_heads"]
-    theta, scaling = rope_from_hf(hf)
-    config = ModelConfig(
-        vocab_size=hf["vocab_size"],
-        d_model=hf["hidden_size"],
-        n_layers=hf["num_hidden_layers"],
-        n_heads=n_heads,
-        n_kv_heads=hf.get("num_key_value_heads") or n_heads,
-        head_dim=hf["hidden_size"] // n_heads,
-        d_mlp=hf["intermediate_size"],
-        rms_norm_eps=hf.get("rms_norm_eps", 1e-6),
-        rope_theta=theta,
-        rope_scaling=scaling,
-        max_position_embeddings=hf.get("max_position_embeddings", 2048),
-        tie_embeddings=bool(hf.get("tie_word_embeddings", False)),
-        architecture="internlm2",
-        bos_token_id=hf.get("bos_token_id") if isinstance(hf.get("bos_token_id"), int) else None,
-    )
-    return config, problems
+    return llama_like_config(hf, "internlm2", None), problems + activation_problems(hf)
 
 
 def split_wqkv(array: np.ndarray, config: ModelConfig) -> dict[str, np.ndarray]:

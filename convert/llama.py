@@ -13,27 +13,36 @@ def llama_config(hf: dict[str, Any]) -> tuple[ModelConfig, list[str]]:
     problems = []
     if hf.get("attention_bias") or hf.get("mlp_bias"):
         problems.append("attention_bias / mlp_bias are set; biased Llama variants are not supported")
+    return llama_like_config(hf, "llama", hf.get("head_dim")), problems + activation_problems(hf)
+
+
+def activation_problems(hf: dict[str, Any]) -> list[str]:
+    """Problems with the MLP activation: only SiLU (SwiGLU) is supported."""
     if hf.get("hidden_act", "silu") != "silu":
-        problems.append(f"hidden_act {hf.get('hidden_act')!r} is not supported (only silu / SwiGLU)")
+        return [f"hidden_act {hf.get('hidden_act')!r} is not supported (only silu / SwiGLU)"]
+    return []
+
+
+def llama_like_config(hf: dict[str, Any], architecture: str, head_dim: int | None) -> ModelConfig:
+    """ModelConfig from the config.json keys that Llama-layout families share (head_dim: hidden / heads if None)."""
     n_heads = hf["num_attention_heads"]
     theta, scaling = rope_from_hf(hf)
-    config = ModelConfig(
+    return ModelConfig(
         vocab_size=hf["vocab_size"],
         d_model=hf["hidden_size"],
         n_layers=hf["num_hidden_layers"],
         n_heads=n_heads,
         n_kv_heads=hf.get("num_key_value_heads") or n_heads,
-        head_dim=hf.get("head_dim") or hf["hidden_size"] // n_heads,
+        head_dim=head_dim or hf["hidden_size"] // n_heads,
         d_mlp=hf["intermediate_size"],
         rms_norm_eps=hf.get("rms_norm_eps", 1e-6),
         rope_theta=theta,
         rope_scaling=scaling,
         max_position_embeddings=hf.get("max_position_embeddings", 2048),
         tie_embeddings=bool(hf.get("tie_word_embeddings", False)),
-        architecture="llama",
+        architecture=architecture,
         bos_token_id=hf.get("bos_token_id") if isinstance(hf.get("bos_token_id"), int) else None,
     )
-    return config, problems
 
 
 def _q_rows(c: ModelConfig) -> int:
