@@ -125,3 +125,11 @@ def test_run_icl_wires_every_condition(model, tmp_path):
     result.plot(tmp_path / "icl.png")
     assert (tmp_path / "icl.png").stat().st_size > 1000
     assert "| repetition ABAB | no ablation |" in result.to_markdown()
+
+
+def test_cli_refuses_a_model_without_tokenizer(capsys):
+    from circuits.cli import main
+
+    assert main(["icl", "demo-induction", "--quick"]) == 2
+    error = capsys.readouterr().err
+    assert "no tokenizer.json" in error and "Fix" in error
