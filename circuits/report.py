@@ -148,20 +148,15 @@ def validate_prediction(model, predicted: np.ndarray, k: int, *, confirm_thresho
     rank agreement, ablation of the top-k predicted heads vs k random heads, and induction-edge knockout."""
     config = model.config
     data = repeated_random_tokens(config, 16, 50, seed=seeds[0])
-    steps = ["attention scores", "copying scores", "ablation sweep", "knockout sweep"]
-    results: dict[str, Any] = {}
-    for step in progress(steps, "validating with forward passes", enabled=show_progress):
-        if step == "attention scores":
-            results["attention"] = attention_scores(model, seeds=tuple(seeds))
-        elif step == "copying scores":
-            results["copying"] = copying_scores(model, data)
-        elif step == "ablation sweep":
-            results["ablation"] = ablation_effect(model, data, predicted, k, seeds=tuple(seeds))
-        else:
-            heads = heads_mask(config, top_heads(predicted, k))
-            results["knockout"] = float(
-                sweep_losses(model, data.tokens, data.later_repeats, knock_out=heads[None], edges=induction_targets(data.tokens))[0]
-            )
+    top_mask = heads_mask(config, top_heads(predicted, k))
+    steps = {
+        "attention": lambda: attention_scores(model, seeds=tuple(seeds)),
+        "copying": lambda: copying_scores(model, data),
+        "ablation": lambda: ablation_effect(model, data, predicted, k, seeds=tuple(seeds)),
+        "knockout": lambda: float(sweep_losses(model, data.tokens, data.later_repeats, knock_out=top_mask[None],
+                                               edges=induction_targets(data.tokens))[0]),
+    }
+    results = {name: run() for name, run in progress(list(steps.items()), "validating with forward passes", enabled=show_progress)}
     scores = {name: s.scores for name, s in results["attention"].items()}
     prefix = scores["prefix_matching"]
     confirmed = [(layer, head) for layer, head in top_heads(predicted, k) if prefix[layer, head] >= confirm_threshold]

@@ -1,7 +1,8 @@
-"""Checkpoint readers (HF safetensors, Orbax cache) into the canonical parameter layout."""
+"""Checkpoint readers (HF safetensors for Llama and InternLM2, GGUF, Orbax cache) into the canonical parameter layout."""
 
 from circuits.convert.build import TensorSource, build_transformer, resolve_dtype
 from circuits.convert.errors import CheckpointError
+from circuits.convert.gguf_checkpoint import GGUFCheckpoint
 from circuits.convert.hf_checkpoint import ARCHITECTURES, HFCheckpoint, register_architecture
 from circuits.convert.orbax_cache import is_cache, load_cache, save_cache
 from circuits.convert.safetensors_file import SafetensorsFile
@@ -9,6 +10,7 @@ from circuits.convert.safetensors_file import SafetensorsFile
 __all__ = [
     "ARCHITECTURES",
     "CheckpointError",
+    "GGUFCheckpoint",
     "HFCheckpoint",
     "SafetensorsFile",
     "TensorSource",
