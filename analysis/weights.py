@@ -28,6 +28,7 @@ class Preprocessing:
     center_unembed: bool
     weights_dtype: str
     accumulation_dtype: str = "float32"
+    product_dtype: str = "float32"  # input dtype of the large products (accumulation stays float32)
 
 
 @jax.tree_util.register_dataclass

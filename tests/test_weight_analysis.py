@@ -132,6 +132,14 @@ def test_streaming_from_checkpoint_equals_in_memory(make_llama):
     np.testing.assert_allclose(
         streamed.scores, composition_tensors(model, ("k",), baseline_seeds=2)["k"].scores, atol=1e-6
     )
+    assert streamed.preprocessing.product_dtype == "bfloat16"  # bf16 checkpoint: bf16 products, f32 sums
+    exact = composition_tensors(source, ("k", "q"), baseline_seeds=2, product_dtype="float32")
+    assert exact["k"].preprocessing.product_dtype == "float32"
+    fast = composition_tensors(source, ("q",), baseline_seeds=2)["q"]
+    for kind, scores in (("k", streamed.scores), ("q", fast.scores)):
+        later = np.triu(np.ones((2, 2), bool), 1)[:, None, :, None]
+        np.testing.assert_allclose(scores, exact[kind].scores, rtol=2e-2, atol=1e-4)
+        assert np.abs(scores - exact[kind].scores)[np.broadcast_to(later, scores.shape)].max() > 0  # really bf16
 
 
 def test_token_k_composition_matches_full_vocab_eigenvalues():
