@@ -16,6 +16,8 @@ from __future__ import annotations
 import argparse
 import json
 import resource
+import subprocess
+import sys
 import tempfile
 import time
 from pathlib import Path
@@ -116,17 +118,22 @@ def main() -> None:
     parser = argparse.ArgumentParser(description=__doc__, formatter_class=argparse.RawDescriptionHelpFormatter)
     parser.add_argument("--layers", type=int, default=32, help="layers of the 8B-shaped checkpoint")
     parser.add_argument("--scratch", default=None, help="where to write checkpoints (default: a temp dir)")
-    parser.add_argument("--naive-layers", type=int, default=3)
+    parser.add_argument("--naive-layers", type=int, default=3, help="0 skips the naive comparison")
+    parser.add_argument("--analyze", default=None, help=argparse.SUPPRESS)  # internal: analyse DIR in this process
     args = parser.parse_args()
+    if args.analyze:
+        seconds = ours(HFCheckpoint(args.analyze))
+        print(f"8B shapes: OV + Q/K/V composition {seconds:.1f} s, peak RSS of the analysing process {peak_rss_gb():.2f} GB")
+        return
     with tempfile.TemporaryDirectory(dir=args.scratch) as scratch:
         big = Path(scratch) / "llama3-8b-shapes"
         start = time.perf_counter()
         write_random_checkpoint(big, args.layers, LLAMA3_8B)
         print(f"wrote {args.layers}-layer Llama-3-8B-shaped bf16 checkpoint in {time.perf_counter() - start:.0f} s")
-        rss_before = peak_rss_gb()
-        seconds = ours(HFCheckpoint(big))
-        print(f"8B shapes, {args.layers} layers: OV + Q/K/V composition {seconds:.1f} s, peak RSS {peak_rss_gb():.2f} GB "
-              f"(before analysis {rss_before:.2f} GB)")
+        # The analysis runs in a fresh process, so its peak RSS is not the writer's.
+        subprocess.run([sys.executable, __file__, "--analyze", str(big)], check=True)
+        if not args.naive_layers:
+            return
 
         small = Path(scratch) / "smollm2-shapes"
         write_random_checkpoint(small, args.naive_layers, SMOLLM2_135M)
