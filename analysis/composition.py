@@ -76,9 +76,15 @@ def squared_product_norms(left: jax.Array, w: AttentionWeights, kind: str, produ
     return squared.reshape(left.shape[0], -1)
 
 
+@jax.jit
+def _factor_norms(left: jax.Array) -> jax.Array:
+    """||F_j||_F = ||OV_j||_F [J], summed in float32 whatever the factors' dtype."""
+    return jnp.sqrt(jnp.sum(jnp.square(left.astype(jnp.float32)), axis=(1, 2)))
+
+
 def _block_scores(left: jax.Array, w: AttentionWeights, kind: str, product_dtype: str = "float32") -> np.ndarray:
     """Scores [J, N] of earlier heads (factors ``left`` [J, D, M]) into the heads of layer ``w``."""
-    left_norms = jnp.sqrt(jnp.sum(left * left, axis=(1, 2)))  # ||F_j||_F = ||OV_j||_F
+    left_norms = _factor_norms(left)
     numerator = np.sqrt(np.maximum(np.asarray(squared_product_norms(left, w, kind, product_dtype)), 0.0))
     denominator = np.asarray(left_norms)[:, None] * np.asarray(later_norms(w, kind))[None, :]
     return np.where(denominator > 0, numerator / np.where(denominator > 0, denominator, 1.0), 0.0)
@@ -98,7 +104,7 @@ def composition_tensors(
     product_dtype: input dtype of the M-long products (float32 accumulation always). Default: bfloat16
     for bfloat16 checkpoints (about 3x faster where the CPU has bf16 matrix units; scores change by
     ~1e-3 relative), float32 otherwise. Recorded in the result's preprocessing.
-    Memory: the left factors of all layers (L * N * D * M floats) plus one layer's weights.
+    Memory: the left factors of all layers (L * N * D * M values in ``product_dtype``) plus one layer's weights.
     """
     unknown = set(kinds) - set(KINDS)
     if unknown:
@@ -121,7 +127,7 @@ def composition_tensors(
             for kind in kinds:
                 block = _block_scores(left, w, kind, product_dtype)
                 scores[kind][start:stop, :, later, :] = block.reshape(stop - start, n_heads, n_heads)
-        factors.append(left_factors(w))
+        factors.append(left_factors(w).astype(product_dtype))  # kept in the dtype the products read
     baselines = {kind: composition_baseline(config, kind, seeds=baseline_seeds) for kind in kinds}
     return {
         kind: CompositionScores(kind, scores[kind], *baselines[kind], preprocessing) for kind in kinds

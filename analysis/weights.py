@@ -62,7 +62,14 @@ class WeightReader:
         if self.preprocessing.fold_norms:
             gain = self._f32("attn_norm", layer)
             wq, wk, wv = wq * gain[:, None, None, None], wk * gain[:, None, None], wv * gain[:, None, None]
+        self._release_pages()
         return AttentionWeights(wq, wk, wv, wo)
+
+    def _release_pages(self) -> None:
+        """Let a memory-mapped source unmap what was just copied, so streaming never accumulates the model."""
+        release = getattr(self.source, "release_pages", None)
+        if release is not None:
+            release()
 
     def _vocab_chunks(self):
         """Yield (E chunk [v, M], W_U chunk [M, v]) over the vocabulary, preprocessed, in float32."""
@@ -77,6 +84,7 @@ class WeightReader:
             u = e.T if tied else jnp.asarray(np.asarray(unembed[:, start:stop]), jnp.float32)
             if gain is not None:
                 u = u * gain[:, None]
+            self._release_pages()
             yield e, u
 
     def unembed_embed_product(self) -> jax.Array:

@@ -122,6 +122,11 @@ class HFCheckpoint(TableCheckpoint):
             config_name="config.json",
         )
 
+    def release_pages(self) -> None:
+        """Unmap the pages read so far from every shard (see :meth:`SafetensorsFile.release_pages`)."""
+        for file in {id(f): f for f in self._where.values()}.values():
+            file.release_pages()
+
     @property
     def dtype(self) -> np.dtype:
         """The checkpoint's own dtype (that of its embedding)."""

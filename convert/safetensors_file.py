@@ -11,6 +11,7 @@ from __future__ import annotations
 
 import json
 import math
+import mmap
 from pathlib import Path
 
 import ml_dtypes
@@ -87,6 +88,12 @@ class SafetensorsFile:
 
     def dtype(self, name: str) -> np.dtype:
         return self.entries[name][0]
+
+    def release_pages(self) -> None:
+        """Drop this process's mapping of the pages read so far (they stay in the page cache and are
+        faulted back in on demand), so streaming a large file does not accumulate resident memory."""
+        if self._data is not None:
+            self._data._mmap.madvise(mmap.MADV_DONTNEED)
 
     def tensor(self, name: str) -> np.ndarray:
         """A read-only zero-copy view of tensor ``name``."""
