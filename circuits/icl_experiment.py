@@ -16,7 +16,7 @@ from pathlib import Path
 import numpy as np
 
 from circuits.analysis.ablation import heads_mask, mean_head_outputs
-from circuits.analysis.agreement import heads_for_fraction, random_heads
+from circuits.analysis.agreement import heads_for_fraction, random_heads, top_heads
 from circuits.analysis.attention_scores import prefix_matching_scores
 from circuits.analysis.icl import (
     accuracy,
@@ -111,9 +111,7 @@ def run_icl(model, tokenizer, name: str, settings: ICLSettings = ICLSettings(), 
                       for s in settings.selection_seeds], axis=0)
     heads = {}
     for fraction in settings.fractions:
-        k = heads_for_fraction(config.n_layers, config.n_heads, fraction)
-        order = np.argsort(-scores, axis=None)[:k]
-        heads[f"{fraction:.0%}"] = [(int(i) // config.n_heads, int(i) % config.n_heads) for i in order]
+        heads[f"{fraction:.0%}"] = top_heads(scores, heads_for_fraction(config.n_layers, config.n_heads, fraction))
     none = Interventions.none(config)
     results: dict[str, dict[str, list[float]]] = {}
     for task in progress(list(TASKS.values()), "ICL tasks x conditions", enabled=show_progress):

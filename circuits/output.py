@@ -29,7 +29,8 @@ def atomic_write_text(path: str | Path, text: str) -> Path:
     return path
 
 
-def _rounded(array: np.ndarray) -> list:
+def rounded_list(array: np.ndarray) -> list:
+    """A float array as nested lists, NaN as 0, rounded to 6 decimals (JSON-ready)."""
     return np.round(np.nan_to_num(np.asarray(array, np.float64), nan=0.0), 6).tolist()
 
 
@@ -39,8 +40,8 @@ def prediction_to_dict(prediction: InductionPrediction, model_name: str) -> dict
         "schema_version": SCHEMA_VERSION,
         "model": model_name,
         "preprocessing": dataclasses.asdict(prediction.preprocessing),
-        "ov_copying": _rounded(prediction.ov_copying.scores),
-        "predicted_induction": _rounded(prediction.predicted_induction.scores),
+        "ov_copying": rounded_list(prediction.ov_copying.scores),
+        "predicted_induction": rounded_list(prediction.predicted_induction.scores),
         "k_composition_baseline": {
             "mean": prediction.k_composition.baseline_mean,
             "std": prediction.k_composition.baseline_std,

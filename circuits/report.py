@@ -22,6 +22,7 @@ from circuits.analysis.attention_scores import attention_scores, copying_scores
 from circuits.analysis.induction import InductionEdge, predict_induction
 from circuits.analysis.repeated_tokens import repeated_random_tokens
 from circuits.analysis.targets import induction_targets
+from circuits.output import rounded_list
 from circuits.progress import progress
 
 SCHEMA_VERSION = 1
@@ -132,7 +133,7 @@ class CircuitReport:
 
 def _to_json_ready(value):
     if isinstance(value, np.ndarray):
-        return np.round(np.nan_to_num(value.astype(np.float64), nan=0.0), 6).tolist()
+        return rounded_list(value)
     if isinstance(value, dict):
         return {key: _to_json_ready(item) for key, item in value.items()}
     if isinstance(value, (list, tuple)):
