@@ -39,7 +39,8 @@ class Attention(nnx.Module):
         """x [B, T, M] (already normed) -> (output [B, T, M], pattern f32[B, K, G, T, S], z [B, T, K, G, D]).
 
         ``layer_interventions``: this layer's slice of :class:`Interventions` (head_scale [K, G],
-        head_replacement [K, G, D], knockout_heads [K, G] or None).
+        head_replacement [K, G, D], knockout_heads [K, G], pattern_override [B, T, S] and
+        pattern_heads [K, G]; the optional ones may be None).
         """
         seq_len = x.shape[1]
         q = apply_rotary(jnp.einsum("btm,mkgd->btkgd", x, self.wq[...]), cos, sin)
@@ -53,6 +54,9 @@ class Attention(nnx.Module):
             logits = logits + jnp.where(blocked, KNOCKOUT_LOGIT, 0.0)
         logits = jnp.where(causal, logits, jnp.finfo(jnp.float32).min)
         pattern = jax.nn.softmax(logits, axis=-1)
+        if layer_interventions is not None and layer_interventions.get("pattern_heads") is not None:
+            clamped = layer_interventions["pattern_heads"][None, :, :, None, None]
+            pattern = jnp.where(clamped, layer_interventions["pattern_override"][:, None, None], pattern)
 
         z = jnp.einsum("bkgts,bskd->btkgd", pattern.astype(v.dtype), v)
         if layer_interventions is not None:

@@ -33,12 +33,24 @@ class Interventions:
         head with scale 0 outputs the replacement (mean ablation) instead of zeros.
     knockout_edges: bool[B, T, S] or None. Query t may not attend key s where True ...
     knockout_heads: bool[L, K, G] or None. ... in the heads marked True.
+    pattern_override: f32[L, B, T, S] or None. Attention pattern (rows sum to 1) that replaces ...
+    pattern_heads: bool[L, K, G] or None. ... the computed pattern of the heads marked True (a clamp:
+        no gradient reaches their queries and keys).
+    copy_tokens: int[B, S] or None. The token an ideal copy of key s writes (-1: nothing) ...
+    copy_heads: bool[L, K, G] or None. ... for the heads marked True, whose own output is removed: each adds
+        ``copy_gain / n_marked_heads`` times its attention-weighted one-hot of ``copy_tokens`` to the logits.
+    copy_gain: f32[] logit added when every marked head attends to one key.
     """
 
     head_scale: jax.Array
     head_replacement: jax.Array
     knockout_edges: jax.Array | None = None
     knockout_heads: jax.Array | None = None
+    pattern_override: jax.Array | None = None
+    pattern_heads: jax.Array | None = None
+    copy_tokens: jax.Array | None = None
+    copy_heads: jax.Array | None = None
+    copy_gain: jax.Array | float = 1.0
 
     @classmethod
     def none(cls, config: ModelConfig) -> "Interventions":
@@ -59,6 +71,19 @@ class Interventions:
         """Block attention edges ``edges`` bool[B,T,S] in heads ``heads`` bool[L,K,G]."""
         return dataclasses.replace(self, knockout_edges=edges, knockout_heads=heads)
 
+    def clamp_pattern(self, pattern: jax.Array, heads: jax.Array) -> "Interventions":
+        """Fix the attention pattern of heads ``heads`` bool[L,K,G] to ``pattern`` f32[L,B,T,S]."""
+        return dataclasses.replace(self, pattern_override=pattern.astype(jnp.float32), pattern_heads=heads)
+
+    def ideal_copy(self, tokens: jax.Array, heads: jax.Array, gain: float) -> "Interventions":
+        """Replace the output of heads ``heads`` bool[L,K,G] by an ideal copy of the tokens they attend to.
+
+        ``tokens`` int[B, S]: what each key position writes (-1 for nothing). Their own output is
+        zero-ablated; instead the logits get ``gain / n_heads * sum over heads of pattern @ one_hot(tokens)``.
+        """
+        ablated = self.ablate(heads, jnp.where(heads[..., None], 0.0, self.head_replacement))
+        return dataclasses.replace(ablated, copy_tokens=tokens, copy_heads=heads, copy_gain=gain)
+
     def check(self, config: ModelConfig) -> None:
         """Raise ``ValueError`` naming the field whose shape does not fit ``config``."""
         expected = (config.n_layers, config.n_kv_heads, config.q_per_kv)
@@ -74,6 +99,16 @@ class Interventions:
             problems.append("knockout_edges and knockout_heads must be given together (use .knock_out)")
         if self.knockout_heads is not None and tuple(self.knockout_heads.shape) != expected:
             problems.append(f"knockout_heads has shape {tuple(self.knockout_heads.shape)}, expected {expected}")
+        for pair in (("pattern_override", "pattern_heads"), ("copy_tokens", "copy_heads")):
+            given = [getattr(self, name) is not None for name in pair]
+            if given[0] != given[1]:
+                problems.append(f"{pair[0]} and {pair[1]} must be given together")
+            if given[1] and tuple(getattr(self, pair[1]).shape) != expected:
+                problems.append(f"{pair[1]} has shape {tuple(getattr(self, pair[1]).shape)}, expected {expected}")
+        if self.pattern_override is not None and (
+            self.pattern_override.ndim != 4 or self.pattern_override.shape[0] != config.n_layers
+        ):
+            problems.append(f"pattern_override has shape {tuple(self.pattern_override.shape)}, expected [L,B,T,S] with L = {config.n_layers}")
         if problems:
             raise ValueError("bad interventions: " + "; ".join(problems))
 

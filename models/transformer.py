@@ -31,7 +31,10 @@ class DecoderBlock(nnx.Module):
             self.mlp = MLP(config, dtype=dtype, rngs=rngs)
 
     def __call__(self, x, cos, sin, layer_interventions, knockout_edges, capture):
-        """x [B, T, M] -> (x [B, T, M], {capture name: this layer's activation})."""
+        """x [B, T, M] -> (x [B, T, M], ({capture name: this layer's activation}, copy attention f32[B, T, S] or None)).
+
+        The copy attention is the summed pattern of this layer's ideal-copy heads (``Interventions.copy_heads``).
+        """
         captured = {}
         if "resid_pre" in capture:
             captured["resid_pre"] = x
@@ -49,7 +52,10 @@ class DecoderBlock(nnx.Module):
             captured["attn_pattern"] = pattern
         if "z" in capture:
             captured["z"] = z
-        return x, captured
+        copy_attention = None
+        if layer_interventions is not None and layer_interventions.get("copy_heads") is not None:
+            copy_attention = jnp.einsum("bkgts,kg->bts", pattern, layer_interventions["copy_heads"].astype(pattern.dtype))
+        return x, (captured, copy_attention)
 
 
 class Transformer(nnx.Module):
@@ -109,14 +115,17 @@ class Transformer(nnx.Module):
         tokens: jax.Array,
         interventions: Interventions | None = None,
         capture: tuple[str, ...] = (),
+        embeddings: jax.Array | None = None,
     ) -> tuple[jax.Array, dict[str, jax.Array]]:
         """Traceable forward (use inside your own jit / vmap / grad).
 
         tokens int[B, T] -> (logits f32[B, T, V], {name: activation stacked on [L]}).
+        ``embeddings`` [B, T, M], when given, is the input residual stream in place of the token
+        embeddings (continuous inputs such as exemplar vectors); tokens then only feed ideal copies.
         """
         config = self.config
         seq_len = tokens.shape[1]
-        x = jnp.take(self.embed[...], tokens, axis=0)
+        x = jnp.take(self.embed[...], tokens, axis=0) if embeddings is None else embeddings.astype(self.dtype)
         cos, sin = rotary_tables(config, seq_len)
         if interventions is None:
             per_layer, edges = None, None
@@ -125,6 +134,9 @@ class Transformer(nnx.Module):
                 "head_scale": interventions.head_scale,
                 "head_replacement": interventions.head_replacement,
                 "knockout_heads": interventions.knockout_heads,
+                "pattern_override": interventions.pattern_override,
+                "pattern_heads": interventions.pattern_heads,
+                "copy_heads": interventions.copy_heads,
             }
             edges = interventions.knockout_edges
 
@@ -132,9 +144,11 @@ class Transformer(nnx.Module):
         def run_layers(x, block, layer_interventions):
             return block(x, cos, sin, layer_interventions, edges, capture)
 
-        x, captured = run_layers(x, self.blocks, per_layer)
+        x, (captured, copy_attention) = run_layers(x, self.blocks, per_layer)
         x = rms_norm(x, self.final_norm[...], config.rms_norm_eps)
         logits = jnp.einsum("btm,mv->btv", x, self.unembedding()).astype(jnp.float32)
+        if copy_attention is not None:
+            logits = logits + _ideal_copy_logits(copy_attention, interventions, config.vocab_size)
         return logits, captured
 
     def __call__(self, tokens, interventions: Interventions | None = None) -> jax.Array:
@@ -150,6 +164,13 @@ class Transformer(nnx.Module):
         if interventions is not None:
             interventions.check(self.config)
         return _jitted_forward(self, tokens, interventions, check_capture(tuple(capture)))
+
+
+def _ideal_copy_logits(copy_attention: jax.Array, interventions: Interventions, vocab_size: int) -> jax.Array:
+    """f32[B, T, V]: copy_gain / n_copy_heads * sum over layers of copy_attention [L, B, T, S] @ one_hot(copy_tokens)."""
+    written = jax.nn.one_hot(interventions.copy_tokens, vocab_size, dtype=jnp.float32)  # -1 -> all zeros
+    n_heads = jnp.maximum(interventions.copy_heads.sum(), 1).astype(jnp.float32)
+    return interventions.copy_gain / n_heads * jnp.einsum("lbts,bsv->btv", copy_attention, written)
 
 
 def _check_tokens(tokens, config: ModelConfig) -> jax.Array:

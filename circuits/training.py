@@ -1,0 +1,215 @@
+"""Training small attention-only transformers to watch induction heads form (``circuits train``).
+
+One run = one clamp. Adam (optax) steps run ``eval_every`` at a time inside one jitted
+``lax.scan``; after each chunk the progress measures are taken on a fixed evaluation
+batch; every ``checkpoint_every`` steps params, optimiser state, PRNG key and the
+measures so far go to an Orbax checkpoint, from which a run resumes.
+"""
+
+from __future__ import annotations
+
+import dataclasses
+import functools
+import json
+from pathlib import Path
+
+import jax
+import jax.numpy as jnp
+import numpy as np
+import optax
+import orbax.checkpoint as ocp
+from flax import nnx
+
+from circuits.analysis.clamps import Clamp
+from circuits.analysis.dynamics import Measures, evaluate_fn, measure, phase_change_step, query_losses
+from circuits.analysis.formation_tasks import FewShotTask, RepeatTask
+from circuits.models.config import ModelConfig
+from circuits.models.transformer import Transformer
+
+EVAL_BATCH = 512
+
+
+class TrainingError(ValueError):
+    """Settings that cannot train, or a checkpoint directory that belongs to other settings."""
+
+
+@dataclasses.dataclass(frozen=True)
+class TrainSettings:
+    """Everything that defines a formation run (the task, the model, the optimiser, the schedule)."""
+
+    task: str = "fewshot"  # fewshot | repeat
+    steps: int = 6000
+    batch_size: int = 64
+    learning_rate: float = 1e-3
+    eval_every: int = 100
+    checkpoint_every: int = 1000
+    seed: int = 0
+    d_model: int = 64
+    n_layers: int = 2
+    n_heads: int = 8
+    n_pairs: int = 2
+    n_classes: int = 256
+    n_labels: int = 16
+    noise: float = 0.3
+    vocab_size: int = 64  # repeat task
+    min_length: int = 8  # repeat task
+    max_length: int = 16  # repeat task
+    copy_gain: float = 10.0
+
+    def __post_init__(self):
+        problems = []
+        if self.task not in ("fewshot", "repeat"):
+            problems.append(f"task {self.task!r} is not one of fewshot, repeat")
+        if self.eval_every <= 0 or self.steps % self.eval_every:
+            problems.append(f"steps={self.steps} must be a positive multiple of eval_every={self.eval_every}")
+        if self.checkpoint_every <= 0 or self.checkpoint_every % self.eval_every:
+            problems.append(f"checkpoint_every={self.checkpoint_every} must be a multiple of eval_every={self.eval_every}")
+        if self.d_model % self.n_heads or (self.d_model // self.n_heads) % 2:
+            problems.append(f"d_model={self.d_model} must split into n_heads={self.n_heads} heads of even size")
+        if problems:
+            raise TrainingError("bad training settings: " + "; ".join(problems))
+
+    @property
+    def formation_task(self) -> FewShotTask | RepeatTask:
+        if self.task == "fewshot":
+            return FewShotTask(self.n_classes, self.n_labels, self.n_pairs, self.noise, self.seed)
+        return RepeatTask(self.vocab_size, self.min_length, self.max_length)
+
+    def model_config(self) -> ModelConfig:
+        """The attention-only, pre-norm, RoPE model of the issue (untied unembedding)."""
+        return ModelConfig(
+            vocab_size=self.formation_task.vocab_size,
+            d_model=self.d_model,
+            n_layers=self.n_layers,
+            n_heads=self.n_heads,
+            n_kv_heads=self.n_heads,
+            head_dim=self.d_model // self.n_heads,
+            d_mlp=0,
+            max_position_embeddings=self.formation_task.seq_len,
+            architecture="attention-only",
+        )
+
+    def identity(self) -> dict:
+        """The settings a checkpoint must share to be resumed (all but the step budget)."""
+        return {k: v for k, v in dataclasses.asdict(self).items() if k != "steps"}
+
+
+QUICK = TrainSettings(steps=3000, eval_every=100, checkpoint_every=500)
+"""A configuration that shows the phase change on 2 CPU cores in a few minutes for all default clamps."""
+
+
+@dataclasses.dataclass
+class RunResult:
+    """One clamp's training history."""
+
+    clamp: str
+    history: list[Measures]
+    context_baseline: float
+
+    @property
+    def phase_change(self) -> int | None:
+        """Step of steepest loss drop below the task's no-induction baseline (None: no phase change)."""
+        steps, losses = np.array([m.step for m in self.history]), np.array([m.loss for m in self.history])
+        return phase_change_step(steps, losses, below=self.context_baseline)
+
+    def to_dict(self) -> dict:
+        return {"clamp": self.clamp, "phase_change_step": self.phase_change, "history": [m.to_dict() for m in self.history]}
+
+
+def _train_chunk(graphdef, optimizer, task, clamp: Clamp, batch_size: int, centres, n_steps: int):
+    """A jitted ``(state, opt_state, key) -> (state, opt_state, key, mean loss, mean accuracy)`` of ``n_steps`` Adam steps."""
+
+    def step(carry, _):
+        state, opt_state, key = carry
+        key, batch_key = jax.random.split(key)
+        batch = task.batch(batch_key, batch_size, centres)
+
+        def loss_fn(state):
+            loss, correct, _ = query_losses(nnx.merge(graphdef, state), batch, clamp)
+            return loss, correct.sum() / batch.loss_mask.sum()
+
+        (loss, accuracy), grads = jax.value_and_grad(loss_fn, has_aux=True)(state)
+        updates, opt_state = optimizer.update(grads, opt_state, state)
+        return (optax.apply_updates(state, updates), opt_state, key), (loss, accuracy)
+
+    @jax.jit
+    def chunk(state, opt_state, key):
+        (state, opt_state, key), (losses, accuracies) = jax.lax.scan(step, (state, opt_state, key), None, length=n_steps)
+        return state, opt_state, key, losses.mean(), accuracies.mean()
+
+    return chunk
+
+
+class Trainer:
+    """Trains one clamp's run, with measures, checkpoints and resumption (see the module docstring)."""
+
+    def __init__(self, settings: TrainSettings, clamp: Clamp, checkpoint_dir: str | Path | None = None):
+        self.settings, self.clamp = settings, clamp
+        self.config = settings.model_config()
+        clamp.check(self.config)
+        self.task = settings.formation_task
+        self.centres = self.task.class_centres(settings.d_model)
+        self.model = Transformer(self.config, rngs=nnx.Rngs(settings.seed))
+        self.graphdef, self.state = nnx.split(self.model)
+        self.optimizer = optax.adam(settings.learning_rate)
+        self.opt_state = self.optimizer.init(self.state)
+        self.key = jax.random.key(settings.seed + 1)
+        self.history: list[Measures] = []
+        self.eval_batch = self.task.batch(jax.random.key(10_000 + settings.seed), EVAL_BATCH, self.centres)
+        self._chunk = _train_chunk(self.graphdef, self.optimizer, self.task, clamp, settings.batch_size, self.centres, settings.eval_every)
+        self._evaluate = evaluate_fn(clamp)
+        self.manager = None
+        if checkpoint_dir is not None:
+            options = ocp.CheckpointManagerOptions(max_to_keep=2, create=True)
+            self.manager = ocp.CheckpointManager(Path(checkpoint_dir).absolute(), options=options, item_names=("state", "history"))
+            self._restore()
+
+    @property
+    def step(self) -> int:
+        return self.history[-1].step if self.history else 0
+
+    def _tree(self) -> dict:
+        return {"state": self.state, "opt_state": self.opt_state, "key": jax.random.key_data(self.key)}
+
+    def _restore(self) -> None:
+        latest = self.manager.latest_step()
+        if latest is None:
+            return
+        abstract = jax.tree.map(ocp.utils.to_shape_dtype_struct, self._tree())
+        restored = self.manager.restore(
+            latest, args=ocp.args.Composite(state=ocp.args.StandardRestore(abstract), history=ocp.args.JsonRestore())
+        )
+        saved = restored["history"]
+        if saved["settings"] != json.loads(json.dumps(self.settings.identity())) or saved["clamp"] != self.clamp.name:
+            raise TrainingError(
+                f"{self.manager.directory} holds a run with other settings or clamp ({saved['clamp']}); "
+                "fix: pass a new --out directory, or the same settings to resume"
+            )
+        tree = restored["state"]
+        self.state, self.opt_state = tree["state"], tree["opt_state"]
+        self.key = jax.random.wrap_key_data(tree["key"])
+        self.history = [Measures.from_dict(m) for m in saved["history"]]
+
+    def _save(self) -> None:
+        history = {"settings": self.settings.identity(), "clamp": self.clamp.name, "history": [m.to_dict() for m in self.history]}
+        self.manager.save(self.step, args=ocp.args.Composite(state=ocp.args.StandardSave(self._tree()), history=ocp.args.JsonSave(history)))
+
+    def measure_now(self, step: int) -> Measures:
+        nnx.update(self.model, self.state)
+        return measure(self.model, self.eval_batch, self.clamp, step, self._evaluate)
+
+    def train(self, on_chunk=None) -> RunResult:
+        """Train to ``settings.steps``; ``on_chunk(measures)`` is called after every chunk (progress bar)."""
+        if not self.history:
+            self.history.append(self.measure_now(0))
+        while self.step < self.settings.steps:
+            self.state, self.opt_state, self.key, _, _ = self._chunk(self.state, self.opt_state, self.key)
+            self.history.append(self.measure_now(self.step + self.settings.eval_every))
+            if on_chunk is not None:
+                on_chunk(self.history[-1])
+            if self.manager is not None and self.step % self.settings.checkpoint_every == 0:
+                self._save()
+        if self.manager is not None:
+            self.manager.wait_until_finished()
+        nnx.update(self.model, self.state)
+        return RunResult(self.clamp.name, self.history, self.task.context_baseline)
