@@ -98,7 +98,6 @@ def _direct_copying(model: Transformer, tokens: jax.Array, positions: tuple[int,
     context_unembed = jnp.take(unembed, tokens, axis=1)  # [M, B, S]: unembedding columns of the context tokens
     first_copy = ~duplicate_token_targets(tokens).any(-1)  # [B, S]: count each distinct token once
     causal = query[:, None] >= jnp.arange(tokens.shape[1])[None, :]  # [Q, S]
-    same_token = tokens[:, :, None] == tokens[:, None, :]  # [B, S, S']
 
     def layer_share(args):
         z_l, wo_l, attended_l = args  # [B, Q, K, G, D], [K, G, D, M], [B, K, G, Q]

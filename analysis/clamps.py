@@ -20,7 +20,6 @@ from __future__ import annotations
 import dataclasses
 import re
 
-import jax
 import jax.numpy as jnp
 import numpy as np
 
@@ -29,6 +28,8 @@ from circuits.models.config import ModelConfig
 from circuits.models.interventions import Interventions
 
 CLAMP_NAMES = ("previous-token", "induction", "copy")
+DEFAULT_CLAMPS = ("none",) + CLAMP_NAMES
+"""The runs ``circuits train`` makes by default: unclamped, then each subcircuit clamped."""
 _HEAD = re.compile(r"^L(\d+)H(\d+)$")
 
 

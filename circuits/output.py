@@ -4,6 +4,7 @@ from __future__ import annotations
 
 import dataclasses
 import os
+import shutil
 import tempfile
 from pathlib import Path
 
@@ -27,6 +28,28 @@ def atomic_write_text(path: str | Path, text: str) -> Path:
         Path(temporary).unlink(missing_ok=True)
         raise
     return path
+
+
+def write_files(directory: str | Path, files: dict[str, str | bytes]) -> Path:
+    """Write ``files`` {name: text or bytes} into ``directory``, all or nothing: rendered into a staging
+    directory beside it first, then moved into place."""
+    directory = Path(directory)
+    directory.parent.mkdir(parents=True, exist_ok=True)
+    staging = Path(tempfile.mkdtemp(dir=directory.parent, prefix=f".{directory.name}.partial-"))
+    try:
+        for name, content in files.items():
+            if isinstance(content, bytes):
+                (staging / name).write_bytes(content)
+            else:
+                (staging / name).write_text(content, encoding="utf-8")
+        if not directory.exists():
+            os.replace(staging, directory)
+            return directory
+        for name in files:
+            os.replace(staging / name, directory / name)
+    finally:
+        shutil.rmtree(staging, ignore_errors=True)
+    return directory
 
 
 def rounded_list(array: np.ndarray) -> list:

@@ -2,7 +2,8 @@
 
 from __future__ import annotations
 
-from typing import Iterable, Iterator, TypeVar
+import contextlib
+from typing import Callable, Iterable, Iterator, TypeVar
 
 from rich.progress import BarColumn, MofNCompleteColumn, Progress, TextColumn, TimeElapsedColumn
 
@@ -17,3 +18,24 @@ def progress(items: Iterable[T], description: str, *, total: int | None = None, 
     columns = (TextColumn("{task.description}"), BarColumn(), MofNCompleteColumn(), TimeElapsedColumn())
     with Progress(*columns, transient=False) as bar:
         yield from bar.track(items, total=total, description=description)
+
+
+@contextlib.contextmanager
+def step_progress(description: str, total: int, completed: int = 0, *, enabled: bool = True) -> Iterator[Callable[..., None]]:
+    """A progress bar over training steps that shows the latest loss and accuracy.
+
+    Yields ``update(step, loss=..., accuracy=...)``; a no-op when ``enabled`` is False.
+    """
+    if not enabled:
+        yield lambda step, **fields: None
+        return
+    columns = (
+        TextColumn("{task.description}"),
+        BarColumn(),
+        MofNCompleteColumn(),
+        TextColumn("loss {task.fields[loss]:.3f}  accuracy {task.fields[accuracy]:.3f}"),
+        TimeElapsedColumn(),
+    )
+    with Progress(*columns, transient=False) as bar:
+        task = bar.add_task(description, total=total, completed=completed, loss=float("nan"), accuracy=float("nan"))
+        yield lambda step, **fields: bar.update(task, completed=step, **fields)

@@ -8,9 +8,6 @@ from __future__ import annotations
 
 import dataclasses
 import json
-import os
-import shutil
-import tempfile
 from pathlib import Path
 from typing import Any
 
@@ -22,7 +19,7 @@ from circuits.analysis.attention_scores import attention_scores, copying_scores
 from circuits.analysis.induction import InductionEdge, predict_induction
 from circuits.analysis.repeated_tokens import repeated_random_tokens
 from circuits.analysis.targets import induction_targets
-from circuits.output import rounded_list
+from circuits.output import rounded_list, write_files
 from circuits.progress import progress
 
 SCHEMA_VERSION = 1
@@ -113,22 +110,8 @@ class CircuitReport:
         return report_html(self)
 
     def write(self, directory: str | Path) -> Path:
-        """Write report.json, report.md and report.html into ``directory``, all or nothing: the files are
-        rendered into a staging directory first, then moved into place."""
-        directory = Path(directory)
-        directory.parent.mkdir(parents=True, exist_ok=True)
-        staging = Path(tempfile.mkdtemp(dir=directory.parent, prefix=f".{directory.name}.partial-"))
-        try:
-            for name, text in zip(REPORT_FILES, (self.to_json(), self.to_markdown(), self.to_html())):
-                (staging / name).write_text(text, encoding="utf-8")
-            if not directory.exists():
-                os.replace(staging, directory)
-                return directory
-            for name in REPORT_FILES:
-                os.replace(staging / name, directory / name)
-        finally:
-            shutil.rmtree(staging, ignore_errors=True)
-        return directory
+        """Write report.json, report.md and report.html into ``directory``, all or nothing."""
+        return write_files(directory, dict(zip(REPORT_FILES, (self.to_json(), self.to_markdown(), self.to_html()))))
 
 
 def _to_json_ready(value):

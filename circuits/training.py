@@ -9,12 +9,10 @@ measures so far go to an Orbax checkpoint, from which a run resumes.
 from __future__ import annotations
 
 import dataclasses
-import functools
 import json
 from pathlib import Path
 
 import jax
-import jax.numpy as jnp
 import numpy as np
 import optax
 import orbax.checkpoint as ocp
@@ -22,7 +20,7 @@ from flax import nnx
 
 from circuits.analysis.clamps import Clamp
 from circuits.analysis.dynamics import Measures, evaluate_fn, measure, phase_change_step, query_losses
-from circuits.analysis.formation_tasks import FewShotTask, RepeatTask
+from circuits.analysis.formation_tasks import FewShotTask, RepeatTask, TaskBatch
 from circuits.models.config import ModelConfig
 from circuits.models.transformer import Transformer
 
@@ -38,16 +36,16 @@ class TrainSettings:
     """Everything that defines a formation run (the task, the model, the optimiser, the schedule)."""
 
     task: str = "fewshot"  # fewshot | repeat
-    steps: int = 6000
-    batch_size: int = 64
-    learning_rate: float = 1e-3
+    steps: int = 10000
+    batch_size: int = 128
+    learning_rate: float = 3e-3
     eval_every: int = 100
     checkpoint_every: int = 1000
     seed: int = 0
     d_model: int = 64
     n_layers: int = 2
     n_heads: int = 8
-    n_pairs: int = 2
+    n_pairs: int = 3
     n_classes: int = 256
     n_labels: int = 16
     noise: float = 0.3
@@ -94,7 +92,7 @@ class TrainSettings:
         return {k: v for k, v in dataclasses.asdict(self).items() if k != "steps"}
 
 
-QUICK = TrainSettings(steps=3000, eval_every=100, checkpoint_every=500)
+QUICK = TrainSettings(steps=3000, batch_size=64, eval_every=100, checkpoint_every=500)
 """A configuration that shows the phase change on 2 CPU cores in a few minutes for all default clamps."""
 
 
@@ -116,26 +114,34 @@ class RunResult:
         return {"clamp": self.clamp, "phase_change_step": self.phase_change, "history": [m.to_dict() for m in self.history]}
 
 
-def _train_chunk(graphdef, optimizer, task, clamp: Clamp, batch_size: int, centres, n_steps: int):
-    """A jitted ``(state, opt_state, key) -> (state, opt_state, key, mean loss, mean accuracy)`` of ``n_steps`` Adam steps."""
+def adam_step(graphdef: nnx.GraphDef, optimizer: optax.GradientTransformation, clamp: Clamp):
+    """The pure training step ``(state, opt_state, batch) -> (state, opt_state, loss, accuracy)`` (jit it yourself)."""
 
-    def step(carry, _):
-        state, opt_state, key = carry
-        key, batch_key = jax.random.split(key)
-        batch = task.batch(batch_key, batch_size, centres)
-
+    def step(state, opt_state, batch: TaskBatch):
         def loss_fn(state):
             loss, correct, _ = query_losses(nnx.merge(graphdef, state), batch, clamp)
             return loss, correct.sum() / batch.loss_mask.sum()
 
         (loss, accuracy), grads = jax.value_and_grad(loss_fn, has_aux=True)(state)
         updates, opt_state = optimizer.update(grads, opt_state, state)
-        return (optax.apply_updates(state, updates), opt_state, key), (loss, accuracy)
+        return optax.apply_updates(state, updates), opt_state, loss, accuracy
+
+    return step
+
+
+def _train_chunk(graphdef, optimizer, task, clamp: Clamp, batch_size: int, centres, n_steps: int):
+    """A jitted ``(state, opt_state, key) -> (state, opt_state, key)`` of ``n_steps`` steps on fresh batches."""
+    step = adam_step(graphdef, optimizer, clamp)
+
+    def one(carry, _):
+        state, opt_state, key = carry
+        key, batch_key = jax.random.split(key)
+        state, opt_state, _, _ = step(state, opt_state, task.batch(batch_key, batch_size, centres))
+        return (state, opt_state, key), None
 
     @jax.jit
     def chunk(state, opt_state, key):
-        (state, opt_state, key), (losses, accuracies) = jax.lax.scan(step, (state, opt_state, key), None, length=n_steps)
-        return state, opt_state, key, losses.mean(), accuracies.mean()
+        return jax.lax.scan(one, (state, opt_state, key), None, length=n_steps)[0]
 
     return chunk
 
@@ -203,7 +209,7 @@ class Trainer:
         if not self.history:
             self.history.append(self.measure_now(0))
         while self.step < self.settings.steps:
-            self.state, self.opt_state, self.key, _, _ = self._chunk(self.state, self.opt_state, self.key)
+            self.state, self.opt_state, self.key = self._chunk(self.state, self.opt_state, self.key)
             self.history.append(self.measure_now(self.step + self.settings.eval_every))
             if on_chunk is not None:
                 on_chunk(self.history[-1])

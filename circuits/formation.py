@@ -1,0 +1,136 @@
+"""The formation experiment behind ``circuits train``: one training run per clamp, curves and JSON.
+
+``run_formation(settings, clamps, out)`` trains the unclamped model and each clamped one
+(checkpoints under ``out/checkpoints/<clamp>``, resumed when present), then
+``FormationResult.write(out)`` writes formation.json, formation.png and formation.svg.
+"""
+
+from __future__ import annotations
+
+import dataclasses
+import io
+import json
+import re
+from pathlib import Path
+
+import matplotlib
+
+matplotlib.use("Agg")
+import matplotlib.pyplot as plt  # noqa: E402
+
+from circuits.analysis.clamps import DEFAULT_CLAMPS, Clamp  # noqa: E402
+from circuits.analysis.dynamics import Measures  # noqa: E402
+from circuits.output import write_files  # noqa: E402
+from circuits.progress import step_progress  # noqa: E402
+from circuits.training import RunResult, Trainer, TrainSettings  # noqa: E402
+
+FORMAT = "circuits-formation"
+VERSION = 1
+PANELS = (
+    ("loss", "loss (nats)"),
+    ("accuracy", "accuracy"),
+    ("previous_token", "previous-token score\n(best first-layer head)"),
+    ("induction_strength", "induction strength\n(best last-layer head)"),
+    ("copy", "copy score, nats\n(best last-layer head)"),
+)
+
+
+@dataclasses.dataclass
+class FormationResult:
+    """The runs of one formation experiment (same settings, one clamp each)."""
+
+    settings: TrainSettings
+    runs: list[RunResult]
+
+    def to_dict(self) -> dict:
+        return {
+            "format": FORMAT,
+            "version": VERSION,
+            "settings": dataclasses.asdict(self.settings),
+            "model_config": self.settings.model_config().to_dict(),
+            "context_baseline": self.runs[0].context_baseline if self.runs else None,
+            "runs": [run.to_dict() for run in self.runs],
+        }
+
+    def to_json(self) -> str:
+        return json.dumps(self.to_dict(), indent=1)
+
+    @classmethod
+    def from_json(cls, text: str) -> "FormationResult":
+        data = json.loads(text)
+        if data.get("format") != FORMAT or data.get("version") != VERSION:
+            raise ValueError(f"not a {FORMAT} v{VERSION} file (format {data.get('format')!r}, version {data.get('version')!r})")
+        runs = [
+            RunResult(run["clamp"], [Measures.from_dict(m) for m in run["history"]], data["context_baseline"])
+            for run in data["runs"]
+        ]
+        return cls(TrainSettings(**data["settings"]), runs)
+
+    def figure(self):
+        """Matplotlib figure: loss, accuracy and the three subcircuit measures against step, one line per clamp;
+        dotted verticals mark each run's phase change."""
+        figure, axes = plt.subplots(1, len(PANELS), figsize=(3.3 * len(PANELS), 3.2), constrained_layout=True)
+        for index, run in enumerate(self.runs):
+            colour = f"C{index}"
+            steps = [m.step for m in run.history]
+            summaries = [m.summary() for m in run.history]
+            for axis, (key, label) in zip(axes, PANELS):
+                axis.plot(steps, [s[key] for s in summaries], color=colour, label=run.clamp, linewidth=1.4)
+                if run.phase_change is not None:
+                    axis.axvline(run.phase_change, color=colour, linestyle=":", linewidth=1)
+                axis.set_title(label, fontsize=9)
+                axis.set_xlabel("step", fontsize=8)
+                axis.tick_params(labelsize=7)
+        if self.runs:
+            axes[0].axhline(self.runs[0].context_baseline, color="grey", linestyle="--", linewidth=0.8, label="no-induction baseline")
+        axes[0].legend(fontsize=7)
+        task = self.settings.formation_task
+        figure.suptitle(f"Induction-head formation: {task.name} task, {self.settings.n_layers}-layer attention-only model", fontsize=10)
+        return figure
+
+    def figure_files(self) -> dict[str, bytes]:
+        """{"formation.png": ..., "formation.svg": ...}."""
+        figure = self.figure()
+        files = {}
+        for kind in ("png", "svg"):
+            buffer = io.BytesIO()
+            figure.savefig(buffer, format=kind, dpi=130)
+            files[f"formation.{kind}"] = buffer.getvalue()
+        plt.close(figure)
+        return files
+
+    def write(self, directory: str | Path) -> Path:
+        """formation.json, formation.png and formation.svg into ``directory``, all or nothing."""
+        return write_files(directory, {"formation.json": self.to_json(), **self.figure_files()})
+
+    def summary_rows(self) -> list[tuple[str, str, float, float, float, float, float]]:
+        """(clamp, phase change step or "none", final loss, accuracy, previous-token, induction strength, copy)."""
+        rows = []
+        for run in self.runs:
+            last = run.history[-1].summary()
+            phase = "none" if run.phase_change is None else str(run.phase_change)
+            rows.append((run.clamp, phase, last["loss"], last["accuracy"], last["previous_token"], last["induction_strength"], last["copy"]))
+        return rows
+
+
+def checkpoint_directory(out: Path, clamp: Clamp) -> Path:
+    """out/checkpoints/<clamp name with anything but letters, digits, - and + replaced by _>."""
+    return out / "checkpoints" / re.sub(r"[^A-Za-z0-9+\-]", "_", clamp.name)
+
+
+def run_formation(
+    settings: TrainSettings,
+    clamps: tuple[Clamp, ...] = tuple(Clamp.parse(name) for name in DEFAULT_CLAMPS),
+    out: str | Path | None = None,
+    *,
+    show_progress: bool = True,
+) -> FormationResult:
+    """Train one run per clamp (resuming from ``out/checkpoints`` when there), with a progress bar each."""
+    runs = []
+    for clamp in clamps:
+        directory = None if out is None else checkpoint_directory(Path(out), clamp)
+        trainer = Trainer(settings, clamp, directory)
+        with step_progress(f"train {clamp.name:<16}", settings.steps, trainer.step, enabled=show_progress) as update:
+            run = trainer.train(lambda m: update(m.step, loss=m.loss, accuracy=m.accuracy))
+        runs.append(run)
+    return FormationResult(settings, runs)
