@@ -7,7 +7,6 @@ from helpers import random_transformer
 
 from circuits.analysis.ablation import heads_mask
 from circuits.analysis.icl import (
-    LabelBatch,
     accuracy,
     category_map,
     encode_prompts,
