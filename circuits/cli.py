@@ -165,8 +165,9 @@ def _train(args: argparse.Namespace) -> None:
     result = run_formation(settings, clamps, out)
     directory = result.write(out)
     table = Table(title=f"Induction-head formation ({settings.task} task, {settings.steps} steps)")
-    for column in ("clamp", "phase change (step)", "loss", "accuracy", "previous-token", "induction strength", "copy (nats)"):
-        table.add_column(column, justify="left" if column == "clamp" else "right")
+    table.add_column("clamp", no_wrap=True)
+    for column in ("phase change", "loss", "accuracy", "prev-token", "induction", "copy"):
+        table.add_column(column, justify="right")
     for clamp, phase, *values in result.summary_rows():
         table.add_row(clamp, phase, *(f"{v:.3f}" for v in values))
     console = Console()

@@ -121,7 +121,7 @@ class Transformer(nnx.Module):
 
         tokens int[B, T] -> (logits f32[B, T, V], {name: activation stacked on [L]}).
         ``embeddings`` [B, T, M], when given, is the input residual stream in place of the token
-        embeddings (continuous inputs such as exemplar vectors); tokens then only feed ideal copies.
+        embeddings (continuous inputs such as exemplar vectors); tokens then only give the shape.
         """
         config = self.config
         seq_len = tokens.shape[1]
