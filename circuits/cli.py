@@ -158,7 +158,8 @@ def _train(args: argparse.Namespace) -> None:
     from circuits.training import QUICK, TrainSettings
 
     settings = QUICK if args.quick else TrainSettings()
-    overrides = {name: getattr(args, name) for name in ("task", "steps", "seed") if getattr(args, name) is not None}
+    names = ("task", "steps", "seed", "checkpoint_every")
+    overrides = {name: getattr(args, name) for name in names if getattr(args, name) is not None}
     settings = dataclasses.replace(settings, **overrides)
     clamps = tuple(Clamp.parse(spec) for spec in (args.clamp or DEFAULT_CLAMPS))
     out = Path(args.out)
@@ -226,6 +227,7 @@ def build_parser() -> argparse.ArgumentParser:
     train.add_argument("--task", choices=("fewshot", "repeat"), default=None, help="few-shot classification (default) or repeated random tokens")
     train.add_argument("--steps", type=int, default=None, help="training steps (a multiple of 100)")
     train.add_argument("--seed", type=int, default=None)
+    train.add_argument("--checkpoint-every", type=int, default=None, help="steps between Orbax checkpoints (a multiple of 100)")
     train.set_defaults(run=_train)
     return parser
 

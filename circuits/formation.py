@@ -125,7 +125,11 @@ def run_formation(
     *,
     show_progress: bool = True,
 ) -> FormationResult:
-    """Train one run per clamp (resuming from ``out/checkpoints`` when there), with a progress bar each."""
+    """Train one run per clamp (resuming from ``out/checkpoints`` when there), with a progress bar each.
+
+    Every clamp is checked against the model before the first run starts."""
+    for clamp in clamps:
+        clamp.check(settings.model_config())
     runs = []
     for clamp in clamps:
         directory = None if out is None else checkpoint_directory(Path(out), clamp)

@@ -58,7 +58,7 @@ class TrainSettings:
         problems = []
         if self.task not in ("fewshot", "repeat"):
             problems.append(f"task {self.task!r} is not one of fewshot, repeat")
-        if self.eval_every <= 0 or self.steps % self.eval_every:
+        if self.eval_every <= 0 or self.steps <= 0 or self.steps % self.eval_every:
             problems.append(f"steps={self.steps} must be a positive multiple of eval_every={self.eval_every}")
         if self.checkpoint_every <= 0 or self.checkpoint_every % self.eval_every:
             problems.append(f"checkpoint_every={self.checkpoint_every} must be a multiple of eval_every={self.eval_every}")
@@ -216,6 +216,8 @@ class Trainer:
             if self.manager is not None and self.step % self.settings.checkpoint_every == 0:
                 self._save()
         if self.manager is not None:
+            if self.manager.latest_step() != self.step:
+                self._save()  # the last step too, so that a longer run can start from here
             self.manager.wait_until_finished()
         nnx.update(self.model, self.state)
         return RunResult(self.clamp.name, self.history, self.task.context_baseline)

@@ -247,13 +247,22 @@ def test_train_cli_writes_curves_json_and_checkpoints(tmp_path, capsys):
     assert (out / "formation.png").read_bytes()[:8] == b"\x89PNG\r\n\x1a\n"
     assert "<svg" in (out / "formation.svg").read_text()
     assert sorted(p.name for p in (out / "checkpoints").iterdir()) == ["copy", "none"]
+    assert (out / "checkpoints" / "copy" / "200").is_dir()  # the final step is saved although checkpoint_every is 500
     assert "Induction-head formation (fewshot task, 200 steps)" in capsys.readouterr().out
     data = json.loads((out / "formation.json").read_text())
     assert data["settings"]["steps"] == 200 and data["model_config"]["d_mlp"] == 0
 
 
-def test_train_cli_bad_clamp_exits_2_and_writes_nothing(tmp_path, capsys):
+@pytest.mark.parametrize(
+    "args, message",
+    [
+        (["--clamp", "previous"], "unknown clamp 'previous'"),
+        (["--steps", "150"], "steps=150 must be a positive multiple of eval_every=100"),
+        (["--clamp", "ablate:L5H0"], "no head L5H0"),
+    ],
+)
+def test_train_cli_bad_settings_exit_2_and_write_nothing(tmp_path, capsys, args, message):
     out = tmp_path / "never"
-    assert main(["train", "--quick", "--clamp", "previous", "--out", str(out)]) == 2
-    assert "unknown clamp 'previous'" in capsys.readouterr().err
+    assert main(["train", "--quick", "--out", str(out)] + args) == 2
+    assert message in capsys.readouterr().err
     assert not out.exists()
