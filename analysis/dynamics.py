@@ -9,7 +9,9 @@ At each checkpoint, on a fixed evaluation batch and under the run's own clamp:
 - copy score [N] of each last-layer head: the direct-logit margin (nats) of the target over the mean
   token that its output would give if it attended only to the correct key: the key's value through
   W_O, the final norm (gain, and the query's actual residual RMS) and W_U. Measured on the actual
-  residual stream, so a label that reaches layer 2 through layer 1 (V-composition) counts.
+  residual stream, so a label that reaches layer 2 through layer 1 (V-composition) counts;
+- K-composition, from the weights alone: the largest K-composition score of a (first-layer head,
+  last-layer head) pair, in units of the random-weights baseline (``composition_scores``).
 """
 
 from __future__ import annotations
@@ -22,6 +24,7 @@ import numpy as np
 from flax import nnx
 
 from circuits.analysis.clamps import Clamp
+from circuits.analysis.composition import composition_scores
 from circuits.analysis.formation_tasks import TaskBatch
 from circuits.analysis.targets import attention_share, previous_token_targets
 from circuits.models.layers import rms_norm
@@ -95,15 +98,17 @@ class Measures:
     previous_token: np.ndarray
     induction_strength: np.ndarray
     copy: np.ndarray
+    k_composition: float
 
     def summary(self) -> dict[str, float]:
-        """Scalars for curves: loss, accuracy and the best head of each subcircuit measure."""
+        """Scalars for curves: loss, accuracy, the best head of each subcircuit measure, K-composition."""
         return {
             "loss": self.loss,
             "accuracy": self.accuracy,
             "previous_token": float(self.previous_token.max()),
             "induction_strength": float(self.induction_strength.max()),
             "copy": float(self.copy.max()),
+            "k_composition": self.k_composition,
         }
 
     def to_dict(self) -> dict:
@@ -111,13 +116,15 @@ class Measures:
             "step": self.step,
             "loss": self.loss,
             "accuracy": self.accuracy,
+            "k_composition": self.k_composition,
             **{name: [round(float(x), 5) for x in getattr(self, name)] for name in ("previous_token", "induction_strength", "copy")},
         }
 
     @classmethod
     def from_dict(cls, data: dict) -> "Measures":
         arrays = {name: np.asarray(data[name], np.float32) for name in ("previous_token", "induction_strength", "copy")}
-        return cls(step=int(data["step"]), loss=float(data["loss"]), accuracy=float(data["accuracy"]), **arrays)
+        scalars = {name: float(data[name]) for name in ("loss", "accuracy", "k_composition")}
+        return cls(step=int(data["step"]), **scalars, **arrays)
 
 
 def measure(model: Transformer, batch: TaskBatch, clamp: Clamp, step: int, evaluate=None) -> Measures:
@@ -134,6 +141,7 @@ def measure(model: Transformer, batch: TaskBatch, clamp: Clamp, step: int, evalu
         previous_token=np.asarray(attention["previous_token"]),
         induction_strength=np.asarray(attention["induction_strength"]),
         copy=np.asarray(attention["copy"], np.float32),
+        k_composition=float(composition_scores(model, "k").ratio()[0, :, -1, :].max()),
     )
 
 

@@ -167,7 +167,7 @@ def _train(args: argparse.Namespace) -> None:
     directory = result.write(out)
     table = Table(title=f"Induction-head formation ({settings.task} task, {settings.steps} steps)")
     table.add_column("clamp", no_wrap=True)
-    for column in ("phase change", "loss", "accuracy", "prev-token", "induction", "copy"):
+    for column in ("phase change", "loss", "accuracy", "prev-token", "induction", "copy", "K-comp."):
         table.add_column(column, justify="right")
     for clamp, phase, *values in result.summary_rows():
         table.add_row(clamp, phase, *(f"{v:.3f}" for v in values))

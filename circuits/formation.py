@@ -32,6 +32,7 @@ PANELS = (
     ("previous_token", "previous-token score\n(best first-layer head)"),
     ("induction_strength", "induction strength\n(best last-layer head)"),
     ("copy", "copy score, nats\n(best last-layer head)"),
+    ("k_composition", "K-composition, weights only\n(best pair, x random baseline)"),
 )
 
 
@@ -69,7 +70,8 @@ class FormationResult:
     def figure(self):
         """Matplotlib figure: loss, accuracy and the three subcircuit measures against step, one line per clamp;
         dotted verticals mark each run's phase change."""
-        figure, axes = plt.subplots(1, len(PANELS), figsize=(3.3 * len(PANELS), 3.2), constrained_layout=True)
+        figure, grid = plt.subplots(2, 3, figsize=(11, 6.4), constrained_layout=True)
+        axes = grid.ravel()
         for index, run in enumerate(self.runs):
             colour = f"C{index}"
             steps = [m.step for m in run.history]
@@ -103,13 +105,14 @@ class FormationResult:
         """formation.json, formation.png and formation.svg into ``directory``, all or nothing."""
         return write_files(directory, {"formation.json": self.to_json(), **self.figure_files()})
 
-    def summary_rows(self) -> list[tuple[str, str, float, float, float, float, float]]:
-        """(clamp, phase change step or "none", final loss, accuracy, previous-token, induction strength, copy)."""
+    def summary_rows(self) -> list[tuple[str, str, float, float, float, float, float, float]]:
+        """(clamp, phase change step or "none", then the final loss, accuracy, previous-token,
+        induction strength, copy and K-composition)."""
         rows = []
         for run in self.runs:
             last = run.history[-1].summary()
             phase = "none" if run.phase_change is None else str(run.phase_change)
-            rows.append((run.clamp, phase, last["loss"], last["accuracy"], last["previous_token"], last["induction_strength"], last["copy"]))
+            rows.append((run.clamp, phase, *(last[key] for key, _ in PANELS)))
         return rows
 
 

@@ -208,7 +208,7 @@ def test_short_run_forms_an_induction_head_found_by_weights_and_by_prefix_matchi
     trainer = Trainer(settings, Clamp())
     data = repeated_random_tokens(trainer.config, batch=16, length=16, seed=3)  # in-distribution length
     untrained = prefix_matching_scores(trainer.model, data).scores
-    trainer.train()
+    history = trainer.train().history
     model = trainer.model
     measured = prefix_matching_scores(model, data).scores
     previous = previous_token_scores(model, data).scores
@@ -223,6 +223,8 @@ def test_short_run_forms_an_induction_head_found_by_weights_and_by_prefix_matchi
     strongest = prediction.edges[0]  # the weights' previous-token head is the measured one
     assert (strongest.prev_layer, strongest.prev_head) == (0, int(np.argmax(previous[0])))
     assert previous[0].max() > 0.5
+    # the weight-only progress measure sees the circuit form: K-composition well above its start
+    assert history[-1].k_composition > 2 * history[0].k_composition
 
 
 def test_phase_change_is_the_steepest_drop_below_the_baseline():
