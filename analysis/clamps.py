@@ -24,6 +24,7 @@ import jax.numpy as jnp
 import numpy as np
 
 from circuits.analysis.formation_tasks import TaskBatch
+from circuits.analysis.targets import previous_token_targets
 from circuits.models.config import ModelConfig
 from circuits.models.interventions import Interventions
 
@@ -80,7 +81,7 @@ class Clamp:
         bad = [f"L{l}H{h}" for l, h in self.ablated if not (0 <= l < config.n_layers and 0 <= h < config.n_heads)]
         if bad:
             raise ClampError(f"clamp {self.name}: no head {', '.join(bad)} in a model with {config.n_layers} layers x {config.n_heads} heads")
-        if (self.previous_token and (self.induction or self.copy)) and config.n_layers < 2:
+        if config.n_layers < 2 and self.previous_token and (self.induction or self.copy):
             raise ClampError(f"clamp {self.name} needs at least 2 layers (first-layer and last-layer clamps)")
 
     def interventions(self, config: ModelConfig, batch: TaskBatch) -> Interventions | None:
@@ -97,11 +98,11 @@ class Clamp:
             interventions = interventions.ablate(jnp.asarray(heads.reshape(shape)))
         if self.previous_token or self.induction:
             batch_size, seq_len = batch.tokens.shape
-            previous = jnp.eye(seq_len, k=-1).at[0, 0].set(1.0)
+            previous = previous_token_targets(batch.tokens).at[:, 0, 0].set(True)  # position 0 on itself
             patterns = jnp.zeros((config.n_layers, batch_size, seq_len, seq_len), jnp.float32)
             heads = np.zeros(shape, bool)
             if self.previous_token:
-                patterns = patterns.at[0].set(jnp.broadcast_to(previous, (batch_size, seq_len, seq_len)))
+                patterns = patterns.at[0].set(previous.astype(jnp.float32))
                 heads |= first
             if self.induction:
                 patterns = patterns.at[-1].set(batch.induction_pattern())

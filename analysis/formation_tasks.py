@@ -9,7 +9,8 @@ progress measures read one structure:
   ``x_1 l_1 ... x_P l_P x_q`` with P distinct classes, P distinct labels drawn afresh per
   sequence (so only in-context learning solves it), and the query from one context class.
   The loss is on the query position only.
-- ``repeat``: BOS + a random block repeated twice; next-token loss on the second repeat.
+- ``repeat``: BOS, random filler, then a random block of varying length repeated twice;
+  next-token loss on the second repeat.
 """
 
 from __future__ import annotations
