@@ -158,7 +158,7 @@ def _train(args: argparse.Namespace) -> None:
     from circuits.training import QUICK, TrainSettings
 
     settings = QUICK if args.quick else TrainSettings()
-    names = ("task", "steps", "seed", "checkpoint_every")
+    names = ("task", "steps", "seed", "seeds", "checkpoint_every")
     overrides = {name: getattr(args, name) for name in names if getattr(args, name) is not None}
     settings = dataclasses.replace(settings, **overrides)
     clamps = tuple(Clamp.parse(spec) for spec in (args.clamp or DEFAULT_CLAMPS))
@@ -167,7 +167,8 @@ def _train(args: argparse.Namespace) -> None:
     directory = result.write(out)
     table = Table(title=f"Induction-head formation ({settings.task} task, {settings.steps} steps)")
     table.add_column("clamp", no_wrap=True)
-    for column in ("phase change", "loss", "accuracy", "prev-token", "induction", "copy", "K-comp."):
+    table.add_column("phase change", justify="right", no_wrap=True)
+    for column in ("loss", "accuracy", "prev-token", "induction", "copy", "K-comp."):
         table.add_column(column, justify="right")
     for clamp, phase, *values in result.summary_rows():
         table.add_row(clamp, phase, *(f"{v:.3f}" for v in values))
@@ -219,14 +220,15 @@ def build_parser() -> argparse.ArgumentParser:
     icl.set_defaults(run=_icl)
 
     train = commands.add_parser("train", help="train small attention-only models and watch induction heads form, with clamps")
-    train.add_argument("--quick", action="store_true", help="3000 steps, batch 64: the phase change in a few minutes on 2 CPU cores")
+    train.add_argument("--quick", action="store_true", help="3000 steps, batch 64, 3 seeds: the phase change in a few minutes on 2 CPU cores")
     train.add_argument("--out", default="circuits-train", help="directory for formation.json/png/svg and the checkpoints (resumed when present)")
     train.add_argument("--clamp", action="append", default=None,
                        help="a run to make (repeatable): none, previous-token, induction, copy, ablate:L1H0,L1H3, or several joined by + "
                             f"(default: {' '.join(DEFAULT_CLAMPS)})")
     train.add_argument("--task", choices=("fewshot", "repeat"), default=None, help="few-shot classification (default) or repeated random tokens")
     train.add_argument("--steps", type=int, default=None, help="training steps (a multiple of 100)")
-    train.add_argument("--seed", type=int, default=None)
+    train.add_argument("--seed", type=int, default=None, help="first seed (default 0)")
+    train.add_argument("--seeds", type=int, default=None, help="seeds per clamp, trained together as one vmapped program (default 1, --quick 3)")
     train.add_argument("--checkpoint-every", type=int, default=None, help="steps between Orbax checkpoints (a multiple of 100)")
     train.set_defaults(run=_train)
     return parser

@@ -18,6 +18,8 @@ import matplotlib
 matplotlib.use("Agg")
 import matplotlib.pyplot as plt  # noqa: E402
 
+import numpy as np  # noqa: E402
+
 from circuits.analysis.clamps import DEFAULT_CLAMPS, Clamp  # noqa: E402
 from circuits.analysis.dynamics import Measures  # noqa: E402
 from circuits.output import write_files  # noqa: E402
@@ -62,24 +64,28 @@ class FormationResult:
         if data.get("format") != FORMAT or data.get("version") != VERSION:
             raise ValueError(f"not a {FORMAT} v{VERSION} file (format {data.get('format')!r}, version {data.get('version')!r})")
         runs = [
-            RunResult(run["clamp"], [Measures.from_dict(m) for m in run["history"]], data["context_baseline"])
+            RunResult(run["clamp"], [[Measures.from_dict(m) for m in h] for h in run["seeds"]], data["context_baseline"])
             for run in data["runs"]
         ]
         return cls(TrainSettings(**data["settings"]), runs)
 
     def figure(self):
-        """Matplotlib figure: loss, accuracy and the three subcircuit measures against step, one line per clamp;
-        dotted verticals mark each run's phase change."""
+        """Matplotlib figure: loss, accuracy, the three subcircuit measures and K-composition against step, one
+        colour per clamp (the mean over seeds, with the seeds' range shaded); dotted verticals mark the mean
+        phase change."""
         figure, grid = plt.subplots(2, 3, figsize=(11, 6.4), constrained_layout=True)
         axes = grid.ravel()
         for index, run in enumerate(self.runs):
             colour = f"C{index}"
             steps = [m.step for m in run.history]
-            summaries = [m.summary() for m in run.history]
+            curves = _curves(run)
+            phase = _mean_phase_change(run)
             for axis, (key, label) in zip(axes, PANELS):
-                axis.plot(steps, [s[key] for s in summaries], color=colour, label=run.clamp, linewidth=1.4)
-                if run.phase_change is not None:
-                    axis.axvline(run.phase_change, color=colour, linestyle=":", linewidth=1)
+                axis.plot(steps, curves[key].mean(0), color=colour, label=run.clamp, linewidth=1.4)
+                if len(run.histories) > 1:
+                    axis.fill_between(steps, curves[key].min(0), curves[key].max(0), color=colour, alpha=0.15, linewidth=0)
+                if phase is not None:
+                    axis.axvline(phase, color=colour, linestyle=":", linewidth=1)
                 axis.set_title(label, fontsize=9)
                 axis.set_xlabel("step", fontsize=8)
                 axis.tick_params(labelsize=7)
@@ -87,7 +93,8 @@ class FormationResult:
             axes[0].axhline(self.runs[0].context_baseline, color="grey", linestyle="--", linewidth=0.8, label="no-induction baseline")
         axes[0].legend(fontsize=7)
         task = self.settings.formation_task
-        figure.suptitle(f"Induction-head formation: {task.name} task, {self.settings.n_layers}-layer attention-only model", fontsize=10)
+        seeds = f", mean of {self.settings.seeds} seeds" if self.settings.seeds > 1 else ""
+        figure.suptitle(f"Induction-head formation: {task.name} task, {self.settings.n_layers}-layer attention-only model{seeds}", fontsize=10)
         return figure
 
     def figure_files(self) -> dict[str, bytes]:
@@ -106,14 +113,32 @@ class FormationResult:
         return write_files(directory, {"formation.json": self.to_json(), **self.figure_files()})
 
     def summary_rows(self) -> list[tuple[str, str, float, float, float, float, float, float]]:
-        """(clamp, phase change step or "none", then the final loss, accuracy, previous-token,
-        induction strength, copy and K-composition)."""
+        """(clamp, phase change, then the final loss, accuracy, previous-token, induction strength, copy and
+        K-composition), means over seeds. The phase change reads "mean ± std", with "(n of S seeds)" when
+        only n seeds had one, or "none"."""
         rows = []
         for run in self.runs:
-            last = run.history[-1].summary()
-            phase = "none" if run.phase_change is None else str(run.phase_change)
-            rows.append((run.clamp, phase, *(last[key] for key, _ in PANELS)))
+            curves = _curves(run)
+            rows.append((run.clamp, _phase_text(run), *(float(curves[key][:, -1].mean()) for key, _ in PANELS)))
         return rows
+
+
+def _curves(run: RunResult) -> dict[str, np.ndarray]:
+    """{panel key: f32[seeds, checkpoints]} of the summary scalars."""
+    return {key: np.array([[m.summary()[key] for m in history] for history in run.histories]) for key, _ in PANELS}
+
+
+def _mean_phase_change(run: RunResult) -> float | None:
+    steps = [step for step in run.phase_changes if step is not None]
+    return float(np.mean(steps)) if steps else None
+
+
+def _phase_text(run: RunResult) -> str:
+    steps = [step for step in run.phase_changes if step is not None]
+    if not steps:
+        return "none"
+    text = f"{np.mean(steps):.0f}" + (f" ± {np.std(steps):.0f}" if len(run.histories) > 1 else "")
+    return text + (f" ({len(steps)} of {len(run.histories)} seeds)" if len(steps) < len(run.histories) else "")
 
 
 def checkpoint_directory(out: Path, clamp: Clamp) -> Path:
@@ -138,6 +163,8 @@ def run_formation(
         directory = None if out is None else checkpoint_directory(Path(out), clamp)
         trainer = Trainer(settings, clamp, directory)
         with step_progress(f"train {clamp.name:<16}", settings.steps, trainer.step, enabled=show_progress) as update:
-            run = trainer.train(lambda m: update(m.step, loss=m.loss, accuracy=m.accuracy))
+            run = trainer.train(
+                lambda seeds: update(seeds[0].step, loss=np.mean([m.loss for m in seeds]), accuracy=np.mean([m.accuracy for m in seeds]))
+            )
         runs.append(run)
     return FormationResult(settings, runs)

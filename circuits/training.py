@@ -1,7 +1,7 @@
 """Training small attention-only transformers to watch induction heads form (``circuits train``).
 
-One run = one clamp. Adam (optax) steps run ``eval_every`` at a time inside one jitted
-``lax.scan``; after each chunk the progress measures are taken on a fixed evaluation
+One run = one clamp, trained for ``seeds`` seeds at once (vmapped). Adam (optax) steps run
+``eval_every`` at a time inside one jitted ``lax.scan``; after each chunk the progress measures are taken on a fixed evaluation
 batch; every ``checkpoint_every`` steps params, optimiser state, PRNG key and the
 measures so far go to an Orbax checkpoint, from which a run resumes.
 """
@@ -13,6 +13,7 @@ import json
 from pathlib import Path
 
 import jax
+import jax.numpy as jnp
 import numpy as np
 import optax
 import orbax.checkpoint as ocp
@@ -42,6 +43,7 @@ class TrainSettings:
     eval_every: int = 100
     checkpoint_every: int = 1000
     seed: int = 0
+    seeds: int = 1  # trained together, vmapped: seed, seed + 1, ...
     d_model: int = 64
     n_layers: int = 2
     n_heads: int = 8
@@ -62,6 +64,8 @@ class TrainSettings:
             problems.append(f"steps={self.steps} must be a positive multiple of eval_every={self.eval_every}")
         if self.checkpoint_every <= 0 or self.checkpoint_every % self.eval_every:
             problems.append(f"checkpoint_every={self.checkpoint_every} must be a multiple of eval_every={self.eval_every}")
+        if self.seeds < 1:
+            problems.append(f"seeds={self.seeds} must be at least 1")
         if self.d_model % self.n_heads or (self.d_model // self.n_heads) % 2:
             problems.append(f"d_model={self.d_model} must split into n_heads={self.n_heads} heads of even size")
         if problems:
@@ -92,26 +96,37 @@ class TrainSettings:
         return {k: v for k, v in dataclasses.asdict(self).items() if k != "steps"}
 
 
-QUICK = TrainSettings(steps=3000, batch_size=64, eval_every=100, checkpoint_every=500)
+QUICK = TrainSettings(steps=3000, batch_size=64, eval_every=100, checkpoint_every=500, seeds=3)
 """A configuration that shows the phase change on 2 CPU cores in a few minutes for all default clamps."""
 
 
 @dataclasses.dataclass
 class RunResult:
-    """One clamp's training history."""
+    """One clamp's training histories, one per seed (``histories[i]``: the measures of seed ``seed + i``)."""
 
     clamp: str
-    history: list[Measures]
+    histories: list[list[Measures]]
     context_baseline: float
 
     @property
-    def phase_change(self) -> int | None:
-        """Step of steepest loss drop below the task's no-induction baseline (None: no phase change)."""
-        steps, losses = np.array([m.step for m in self.history]), np.array([m.loss for m in self.history])
-        return phase_change_step(steps, losses, below=self.context_baseline)
+    def history(self) -> list[Measures]:
+        """The first seed's history."""
+        return self.histories[0]
+
+    @property
+    def phase_changes(self) -> list[int | None]:
+        """Per seed: the step of steepest loss drop below the task's no-induction baseline (None: no phase change)."""
+        return [
+            phase_change_step(np.array([m.step for m in h]), np.array([m.loss for m in h]), below=self.context_baseline)
+            for h in self.histories
+        ]
 
     def to_dict(self) -> dict:
-        return {"clamp": self.clamp, "phase_change_step": self.phase_change, "history": [m.to_dict() for m in self.history]}
+        return {
+            "clamp": self.clamp,
+            "phase_change_steps": self.phase_changes,
+            "seeds": [[m.to_dict() for m in history] for history in self.histories],
+        }
 
 
 def adam_step(graphdef: nnx.GraphDef, optimizer: optax.GradientTransformation, clamp: Clamp):
@@ -130,7 +145,7 @@ def adam_step(graphdef: nnx.GraphDef, optimizer: optax.GradientTransformation, c
 
 
 def _train_chunk(graphdef, optimizer, task, clamp: Clamp, batch_size: int, centres, n_steps: int):
-    """A jitted ``(state, opt_state, key) -> (state, opt_state, key)`` of ``n_steps`` steps on fresh batches."""
+    """``(state, opt_state, key) -> (state, opt_state, key)``: ``n_steps`` steps on fresh batches (vmap and jit it)."""
     step = adam_step(graphdef, optimizer, clamp)
 
     def one(carry, _):
@@ -139,15 +154,24 @@ def _train_chunk(graphdef, optimizer, task, clamp: Clamp, batch_size: int, centr
         state, opt_state, _, _ = step(state, opt_state, task.batch(batch_key, batch_size, centres))
         return (state, opt_state, key), None
 
-    @jax.jit
     def chunk(state, opt_state, key):
         return jax.lax.scan(one, (state, opt_state, key), None, length=n_steps)[0]
 
     return chunk
 
 
+def _stack(trees: list):
+    """One pytree with a leading [S] axis from S pytrees of the same structure."""
+    return jax.tree.map(lambda *leaves: jnp.stack(leaves), *trees)
+
+
 class Trainer:
-    """Trains one clamp's run, with measures, checkpoints and resumption (see the module docstring)."""
+    """Trains one clamp's run for ``settings.seeds`` seeds at once (``jax.vmap`` over a leading seed axis
+    of params, Adam state and PRNG keys), with measures, checkpoints and resumption (see the module docstring).
+
+    Seed i initialises its model from ``settings.seed + i`` and draws its own batches; every seed is
+    measured on the same evaluation batch.
+    """
 
     def __init__(self, settings: TrainSettings, clamp: Clamp, checkpoint_dir: str | Path | None = None):
         self.settings, self.clamp = settings, clamp
@@ -156,13 +180,16 @@ class Trainer:
         self.task = settings.formation_task
         self.centres = self.task.class_centres(settings.d_model)
         self.model = Transformer(self.config, rngs=nnx.Rngs(settings.seed))
-        self.graphdef, self.state = nnx.split(self.model)
+        self.graphdef, first = nnx.split(self.model)
+        others = [nnx.split(Transformer(self.config, rngs=nnx.Rngs(settings.seed + i)))[1] for i in range(1, settings.seeds)]
+        self.state = _stack([first] + others)
         self.optimizer = optax.adam(settings.learning_rate)
-        self.opt_state = self.optimizer.init(self.state)
-        self.key = jax.random.key(settings.seed + 1)
-        self.history: list[Measures] = []
+        self.opt_state = jax.vmap(self.optimizer.init)(self.state)
+        self.key = _stack([jax.random.key(settings.seed + 1 + i) for i in range(settings.seeds)])
+        self.histories: list[list[Measures]] = [[] for _ in range(settings.seeds)]
         self.eval_batch = self.task.batch(jax.random.key(10_000 + settings.seed), EVAL_BATCH, self.centres)
-        self._chunk = _train_chunk(self.graphdef, self.optimizer, self.task, clamp, settings.batch_size, self.centres, settings.eval_every)
+        chunk = _train_chunk(self.graphdef, self.optimizer, self.task, clamp, settings.batch_size, self.centres, settings.eval_every)
+        self._chunk = jax.jit(jax.vmap(chunk))
         self._evaluate = evaluate_fn(clamp)
         self.manager = None
         if checkpoint_dir is not None:
@@ -172,7 +199,11 @@ class Trainer:
 
     @property
     def step(self) -> int:
-        return self.history[-1].step if self.history else 0
+        return self.histories[0][-1].step if self.histories[0] else 0
+
+    def models(self) -> list[Transformer]:
+        """The current model of every seed (new modules; ``self.model`` is the first seed's)."""
+        return [nnx.merge(self.graphdef, jax.tree.map(lambda x: x[i], self.state)) for i in range(self.settings.seeds)]
 
     def _tree(self) -> dict:
         return {"state": self.state, "opt_state": self.opt_state, "key": jax.random.key_data(self.key)}
@@ -194,30 +225,39 @@ class Trainer:
         tree = restored["state"]
         self.state, self.opt_state = tree["state"], tree["opt_state"]
         self.key = jax.random.wrap_key_data(tree["key"])
-        self.history = [Measures.from_dict(m) for m in saved["history"]]
+        self.histories = [[Measures.from_dict(m) for m in history] for history in saved["seeds"]]
 
     def _save(self) -> None:
-        history = {"settings": self.settings.identity(), "clamp": self.clamp.name, "history": [m.to_dict() for m in self.history]}
-        self.manager.save(self.step, args=ocp.args.Composite(state=ocp.args.StandardSave(self._tree()), history=ocp.args.JsonSave(history)))
+        histories = [[m.to_dict() for m in history] for history in self.histories]
+        saved = {"settings": self.settings.identity(), "clamp": self.clamp.name, "seeds": histories}
+        self.manager.save(self.step, args=ocp.args.Composite(state=ocp.args.StandardSave(self._tree()), history=ocp.args.JsonSave(saved)))
 
-    def measure_now(self, step: int) -> Measures:
-        nnx.update(self.model, self.state)
-        return measure(self.model, self.eval_batch, self.clamp, step, self._evaluate)
+    def _measure(self, step: int) -> list[Measures]:
+        measures = []
+        for i in range(self.settings.seeds):
+            nnx.update(self.model, jax.tree.map(lambda x: x[i], self.state))
+            measures.append(measure(self.model, self.eval_batch, self.clamp, step, self._evaluate))
+        nnx.update(self.model, jax.tree.map(lambda x: x[0], self.state))
+        return measures
+
+    def _record(self, measures: list[Measures]) -> None:
+        for history, m in zip(self.histories, measures):
+            history.append(m)
 
     def train(self, on_chunk=None) -> RunResult:
-        """Train to ``settings.steps``; ``on_chunk(measures)`` is called after every chunk (progress bar)."""
-        if not self.history:
-            self.history.append(self.measure_now(0))
+        """Train to ``settings.steps``; ``on_chunk(measures per seed)`` is called after every chunk (progress bar)."""
+        if not self.histories[0]:
+            self._record(self._measure(0))
         while self.step < self.settings.steps:
             self.state, self.opt_state, self.key = self._chunk(self.state, self.opt_state, self.key)
-            self.history.append(self.measure_now(self.step + self.settings.eval_every))
+            self._record(self._measure(self.step + self.settings.eval_every))
             if on_chunk is not None:
-                on_chunk(self.history[-1])
+                on_chunk([history[-1] for history in self.histories])
             if self.manager is not None and self.step % self.settings.checkpoint_every == 0:
                 self._save()
         if self.manager is not None:
             if self.manager.latest_step() != self.step:
                 self._save()  # the last step too, so that a longer run can start from here
             self.manager.wait_until_finished()
-        nnx.update(self.model, self.state)
-        return RunResult(self.clamp.name, self.history, self.task.context_baseline)
+        nnx.update(self.model, jax.tree.map(lambda x: x[0], self.state))
+        return RunResult(self.clamp.name, self.histories, self.task.context_baseline)

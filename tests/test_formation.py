@@ -168,7 +168,8 @@ def test_one_adam_step_lowers_the_loss_on_a_fixed_batch(clamp):
     trainer = Trainer(FEWSHOT, clamp)
     batch = trainer.task.batch(jax.random.key(5), 64, trainer.centres)
     step = jax.jit(adam_step(trainer.graphdef, optax.adam(1e-2), clamp))
-    state, opt_state = trainer.state, optax.adam(1e-2).init(trainer.state)
+    state = nnx.split(trainer.model)[1]
+    opt_state = optax.adam(1e-2).init(state)
     _, _, before, _ = step(state, opt_state, batch)
     state, _, _, _ = step(state, opt_state, batch)
     after, _, _ = query_losses(nnx.merge(trainer.graphdef, state), batch, clamp)
@@ -178,8 +179,7 @@ def test_one_adam_step_lowers_the_loss_on_a_fixed_batch(clamp):
 def test_clamped_patterns_stay_fixed_through_training():
     clamp = Clamp.parse("previous-token+induction")
     trainer = Trainer(FEWSHOT, clamp)
-    result = trainer.train()
-    last = result.history[-1]
+    last = trainer.train().history[-1]
     np.testing.assert_allclose(last.previous_token, 1.0, atol=1e-6)
     np.testing.assert_allclose(last.induction_strength, 1.0, atol=1e-6)
     batch = trainer.eval_batch
@@ -245,7 +245,8 @@ def test_train_cli_writes_curves_json_and_checkpoints(tmp_path, capsys):
     assert code == 0
     result = FormationResult.from_json((out / "formation.json").read_text())
     assert [run.clamp for run in result.runs] == ["none", "copy"]
-    assert [m.step for m in result.runs[0].history] == [0, 100, 200]
+    assert [len(run.histories) for run in result.runs] == [3, 3]  # --quick trains 3 seeds
+    assert [m.step for m in result.runs[0].histories[2]] == [0, 100, 200]
     assert (out / "formation.png").read_bytes()[:8] == b"\x89PNG\r\n\x1a\n"
     assert "<svg" in (out / "formation.svg").read_text()
     assert sorted(p.name for p in (out / "checkpoints").iterdir()) == ["copy", "none"]
@@ -268,3 +269,15 @@ def test_train_cli_bad_settings_exit_2_and_write_nothing(tmp_path, capsys, args,
     assert main(["train", "--quick", "--out", str(out)] + args) == 2
     assert message in capsys.readouterr().err
     assert not out.exists()
+
+
+def test_seeds_train_together_as_one_vmapped_program():
+    trainer = Trainer(dataclasses.replace(REPEAT, seeds=2), Clamp())
+    alone = Trainer(dataclasses.replace(REPEAT, seed=1), Clamp())  # what the second seed is, trained by itself
+    np.testing.assert_array_equal(trainer.models()[1].embed[...], alone.model.embed[...])
+    result = trainer.train()
+    alone.train()
+    assert len(result.histories) == 2 and result.histories[0][-1].loss != result.histories[1][-1].loss
+    for ours, reference in zip(jax.tree.leaves(nnx.state(trainer.models()[1])), jax.tree.leaves(nnx.state(alone.model))):
+        np.testing.assert_allclose(np.asarray(ours), np.asarray(reference), atol=2e-4)
+    assert all(history[-1].loss < history[0].loss - 1.0 for history in result.histories)
