@@ -280,4 +280,4 @@ def test_seeds_train_together_as_one_vmapped_program():
     assert len(result.histories) == 2 and result.histories[0][-1].loss != result.histories[1][-1].loss
     for ours, reference in zip(jax.tree.leaves(nnx.state(trainer.models()[1])), jax.tree.leaves(nnx.state(alone.model))):
         np.testing.assert_allclose(np.asarray(ours), np.asarray(reference), atol=2e-4)
-    assert all(history[-1].loss < history[0].loss - 1.0 for history in result.histories)
+    assert all(history[-1].loss < history[0].loss - 0.1 for history in result.histories)
