@@ -128,13 +128,18 @@ def _curves(run: RunResult) -> dict[str, np.ndarray]:
     return {key: np.array([[m.summary()[key] for m in history] for history in run.histories]) for key, _ in PANELS}
 
 
+def _found_phase_changes(run: RunResult) -> list[int]:
+    """The phase-change steps of the seeds that had one."""
+    return [step for step in run.phase_changes if step is not None]
+
+
 def _mean_phase_change(run: RunResult) -> float | None:
-    steps = [step for step in run.phase_changes if step is not None]
+    steps = _found_phase_changes(run)
     return float(np.mean(steps)) if steps else None
 
 
 def _phase_text(run: RunResult) -> str:
-    steps = [step for step in run.phase_changes if step is not None]
+    steps = _found_phase_changes(run)
     if not steps:
         return "none"
     text = f"{np.mean(steps):.0f}" + (f" ± {np.std(steps):.0f}" if len(run.histories) > 1 else "")

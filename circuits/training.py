@@ -1,9 +1,9 @@
 """Training small attention-only transformers to watch induction heads form (``circuits train``).
 
 One run = one clamp, trained for ``seeds`` seeds at once (vmapped). Adam (optax) steps run
-``eval_every`` at a time inside one jitted ``lax.scan``; after each chunk the progress measures are taken on a fixed evaluation
-batch; every ``checkpoint_every`` steps params, optimiser state, PRNG key and the
-measures so far go to an Orbax checkpoint, from which a run resumes.
+``eval_every`` at a time inside one jitted ``lax.scan``; after each chunk the progress measures
+are taken on a fixed evaluation batch; every ``checkpoint_every`` steps params, optimiser state,
+PRNG keys and the measures so far go to an Orbax checkpoint, from which a run resumes.
 """
 
 from __future__ import annotations
@@ -54,7 +54,6 @@ class TrainSettings:
     vocab_size: int = 64  # repeat task
     min_length: int = 8  # repeat task
     max_length: int = 16  # repeat task
-    copy_gain: float = 10.0
 
     def __post_init__(self):
         problems = []
@@ -203,7 +202,11 @@ class Trainer:
 
     def models(self) -> list[Transformer]:
         """The current model of every seed (new modules; ``self.model`` is the first seed's)."""
-        return [nnx.merge(self.graphdef, jax.tree.map(lambda x: x[i], self.state)) for i in range(self.settings.seeds)]
+        return [nnx.merge(self.graphdef, self._seed_state(i)) for i in range(self.settings.seeds)]
+
+    def _seed_state(self, seed_index: int):
+        """The params of one seed: the slice ``seed_index`` of the stacked state."""
+        return jax.tree.map(lambda x: x[seed_index], self.state)
 
     def _tree(self) -> dict:
         return {"state": self.state, "opt_state": self.opt_state, "key": jax.random.key_data(self.key)}
@@ -235,9 +238,9 @@ class Trainer:
     def _measure(self, step: int) -> list[Measures]:
         measures = []
         for i in range(self.settings.seeds):
-            nnx.update(self.model, jax.tree.map(lambda x: x[i], self.state))
+            nnx.update(self.model, self._seed_state(i))
             measures.append(measure(self.model, self.eval_batch, self.clamp, step, self._evaluate))
-        nnx.update(self.model, jax.tree.map(lambda x: x[0], self.state))
+        nnx.update(self.model, self._seed_state(0))
         return measures
 
     def _record(self, measures: list[Measures]) -> None:
@@ -259,5 +262,5 @@ class Trainer:
             if self.manager.latest_step() != self.step:
                 self._save()  # the last step too, so that a longer run can start from here
             self.manager.wait_until_finished()
-        nnx.update(self.model, jax.tree.map(lambda x: x[0], self.state))
+        nnx.update(self.model, self._seed_state(0))
         return RunResult(self.clamp.name, self.histories, self.task.context_baseline)
