@@ -125,7 +125,6 @@ def _icl(args: argparse.Namespace) -> None:
 
     from circuits.icl_experiment import QUICK, ICLSettings, run_icl
     from circuits.loading import load
-    from circuits.output import atomic_write_text
     from circuits.tokenizer import load_tokenizer
 
     tokenizer = load_tokenizer(args.model)
@@ -140,10 +139,7 @@ def _icl(args: argparse.Namespace) -> None:
     console.print(table)
     console.print("pattern-matching heads: " + ", ".join(f"L{l}H{h} {s:.3f}" for l, h, s in result.pattern_matching_heads))
     if args.out:
-        out = Path(args.out)
-        atomic_write_text(out / "icl.json", result.to_json())
-        atomic_write_text(out / "icl.md", result.to_markdown())
-        result.plot(out / "icl.png")
+        out = result.write(args.out)
         console.print(f"wrote {out / 'icl.json'}, {out / 'icl.md'}, {out / 'icl.png'}")
 
 

@@ -9,8 +9,8 @@ knocked out in the top heads.
 from __future__ import annotations
 
 import dataclasses
+import io
 import json
-import os
 from pathlib import Path
 
 import numpy as np
@@ -29,6 +29,7 @@ from circuits.analysis.icl_tasks import TASKS, few_shot_prompts
 from circuits.analysis.repeated_tokens import repeated_random_tokens
 from circuits.analysis.targets import category_targets, induction_targets
 from circuits.models.interventions import Interventions
+from circuits.output import write_files
 from circuits.progress import progress
 
 
@@ -77,8 +78,8 @@ class ICLResult:
     def to_json(self) -> str:
         return json.dumps(dataclasses.asdict(self), indent=1)
 
-    def plot(self, path: Path) -> None:
-        """Grouped bars: accuracy per task (groups) and condition (bars), seeds' spread as error bars."""
+    def png(self) -> bytes:
+        """PNG of grouped bars: accuracy per task (groups) and condition (bars), seeds' spread as error bars."""
         import matplotlib
 
         matplotlib.use("Agg")
@@ -96,10 +97,14 @@ class ICLResult:
         axes.set_ylabel("accuracy")
         axes.set_ylim(0, 1)
         axes.legend(fontsize=6, ncol=2, loc="upper left", bbox_to_anchor=(1.0, 1.0))
-        partial = path.with_name(f".{path.name}.partial.png")
-        figure.savefig(partial, bbox_inches="tight")
+        buffer = io.BytesIO()
+        figure.savefig(buffer, format="png", bbox_inches="tight")
         plt.close(figure)
-        os.replace(partial, path)  # never a half-written image
+        return buffer.getvalue()
+
+    def write(self, directory: str | Path) -> Path:
+        """icl.json, icl.md and icl.png into ``directory``, all or nothing."""
+        return write_files(directory, {"icl.json": self.to_json(), "icl.md": self.to_markdown(), "icl.png": self.png()})
 
 
 def run_icl(model, tokenizer, name: str, settings: ICLSettings = ICLSettings(), show_progress: bool = True) -> ICLResult:

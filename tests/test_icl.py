@@ -121,7 +121,7 @@ def test_run_icl_wires_every_condition(model, tmp_path):
         assert len(row["random 25% zero-ablated"]) == 2
         assert all(0.0 <= value <= 1.0 for values in row.values() for value in values)
     assert len(result.pattern_matching_heads) == 5
-    result.plot(tmp_path / "icl.png")
+    result.write(tmp_path)
     assert (tmp_path / "icl.png").stat().st_size > 1000
     assert "| repetition ABAB | no ablation |" in result.to_markdown()
 
