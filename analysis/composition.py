@@ -19,6 +19,7 @@ import jax.numpy as jnp
 import numpy as np
 
 from circuits.analysis.results import CompositionScores
+from circuits.analysis.rope_average import rope_average
 from circuits.analysis.weights import AttentionWeights, WeightReader, gram_factor
 from circuits.convert.build import TensorSource
 from circuits.models.config import ModelConfig
@@ -97,9 +98,14 @@ def composition_tensors(
     fold_norms: bool = True,
     baseline_seeds: int | None = None,
     product_dtype: str | None = None,
+    rope_offsets: tuple[int, int] | None = None,
     show_progress: bool = False,
 ) -> dict[str, CompositionScores]:
     """All requested composition tensors f32[L, N, L, N] in one streaming pass over the layers.
+
+    rope_offsets: (lo, hi) to use the RoPE-averaged QK circuit ``W_Q R_bar W_K^T`` (query-key offsets
+    uniform on [lo, hi], see :mod:`~circuits.analysis.rope_average`) for Q- and K-composition and their
+    baseline; None (default) for the static ``W_Q W_K^T``.
 
     product_dtype: input dtype of the M-long products (float32 accumulation always). Default: bfloat16
     for bfloat16 checkpoints (about 3x faster where the CPU has bf16 matrix units; scores change by
@@ -112,15 +118,16 @@ def composition_tensors(
     reader = WeightReader(source, fold_norms=fold_norms)
     if product_dtype is None:
         product_dtype = "bfloat16" if reader.preprocessing.weights_dtype == "bfloat16" else "float32"
-    preprocessing = dataclasses.replace(reader.preprocessing, product_dtype=product_dtype)
+    preprocessing = dataclasses.replace(reader.preprocessing, product_dtype=product_dtype, rope_offsets=rope_offsets)
     config = reader.config
+    rotation = None if rope_offsets is None else jnp.asarray(rope_average(config, rope_offsets))
     n_layers, n_heads = config.n_layers, config.n_heads
     scores = {kind: np.zeros((n_layers, n_heads, n_layers, n_heads), np.float32) for kind in kinds}
     factors: list[jax.Array] = []
     per_layer_bytes = n_heads * config.head_dim * n_heads * config.head_dim * 4
     chunk = max(1, CHUNK_BYTES // per_layer_bytes)
     for later in progress(range(n_layers), "composition scores", enabled=show_progress):
-        w = reader.attention(later)
+        w = rotate_keys(reader.attention(later), rotation)
         for start in range(0, later, chunk):
             stop = min(start + chunk, later)
             left = jnp.concatenate(factors[start:stop]).reshape(-1, config.head_dim, config.d_model)
@@ -128,7 +135,7 @@ def composition_tensors(
                 block = _block_scores(left, w, kind, product_dtype)
                 scores[kind][start:stop, :, later, :] = block.reshape(stop - start, n_heads, n_heads)
         factors.append(left_factors(w).astype(product_dtype))  # kept in the dtype the products read
-    baselines = {kind: composition_baseline(config, kind, seeds=baseline_seeds) for kind in kinds}
+    baselines = {kind: composition_baseline(config, kind, seeds=baseline_seeds, rotation=rotation) for kind in kinds}
     return {
         kind: CompositionScores(kind, scores[kind], *baselines[kind], preprocessing) for kind in kinds
     }
@@ -151,13 +158,24 @@ def random_attention(config: ModelConfig, key: jax.Array) -> AttentionWeights:
     )
 
 
-def composition_baseline(config: ModelConfig, kind: str, *, seeds: int | None = None) -> tuple[float, float]:
-    """(mean, std) of the ``kind`` score between heads of two Gaussian layers with ``config``'s shapes."""
+def rotate_keys(w: AttentionWeights, rotation: jax.Array | None) -> AttentionWeights:
+    """``w`` with W_K replaced by W_K R_bar^T (so W_Q W_K'^T = W_Q R_bar W_K^T); unchanged for None."""
+    if rotation is None:
+        return w
+    wk = jnp.einsum("mkd,ed->mke", w.wk, rotation, precision=jax.lax.Precision.HIGHEST)
+    return dataclasses.replace(w, wk=wk)
+
+
+def composition_baseline(
+    config: ModelConfig, kind: str, *, seeds: int | None = None, rotation: jax.Array | None = None
+) -> tuple[float, float]:
+    """(mean, std) of the ``kind`` score between heads of two Gaussian layers with ``config``'s shapes
+    (keys rotated by the RoPE average ``rotation`` [D, D] when given, as in the scores it is a baseline for)."""
     if seeds is None:
         seeds = max(2, -(-256 // config.n_heads**2))
     samples = []
     for seed in range(seeds):
-        earlier, later = (random_attention(config, key) for key in jax.random.split(jax.random.key(seed)))
+        earlier, later = (rotate_keys(random_attention(config, key), rotation) for key in jax.random.split(jax.random.key(seed)))
         samples.append(_block_scores(left_factors(earlier), later, kind).ravel())
     values = np.concatenate(samples)
     return float(values.mean()), float(values.std())

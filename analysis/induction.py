@@ -1,28 +1,51 @@
-"""Weight-only prediction of induction circuits: token-level K-composition terms, predicted heads and edges.
+"""Weight-only prediction of induction circuits: previous-token head -> induction head edges.
 
-Olsson et al. (2022): an induction head i reads, through K-composition, the output of a
-previous-token head j, and its QK circuit then matches the current token against the
-previous token of each key: the virtual QK circuit W_E W_Q^i W_K^iT W_O^jT W_V^jT W_E^T
-(V x V, row convention) has mostly positive eigenvalues. Its nonzero eigenvalues are those
-of the D x D matrix (W_O^j W_K^i)^T (W_V^jT W_E^T W_E W_Q^i), computed here.
+Method ``kcomp-token-z`` (default). An induction head i reads, through K-composition, the output of a
+previous-token head j, and its QK circuit then matches the current token against the previous
+token of each key (Olsson et al. 2022). Edge strength::
+
+    edge(j -> i) = S_ji * max(Z_ji, 0),   predicted_induction_i = max_j edge(j -> i)
+
+- ``S_ji``: K-composition of head j's OV into head i's RoPE-averaged QK circuit ``W_Q R_bar W_K^T``
+  (:mod:`~circuits.analysis.rope_average`), in units of its random baseline;
+- ``Z_ji``: diagonal z-score of the token-level prefix-matching circuit
+  ``C = X_i W_Q^i R_bar W_K^iT (X_j W_V^j W_O^j)^T`` over sampled token stand-ins
+  (:mod:`~circuits.analysis.standins`): (mean of the diagonal - mean of all entries) / their std.
+  A high Z means a query token attends to keys whose *previous* token is itself.
+
+Everything goes through D x D factors (no n x n, V x V or M x M matrix), in one streaming pass:
+``P_ji = W_O^j W_K'^i`` [D, D] is the one M-long product per head pair, and
+
+    sum_a C_aa = <P, V_j^T Q_i>,  mean(C) = v_bar P q_bar,  sum C^2 = ||Lv^T P Lq||_F^2
+
+with ``Q_i = X_i W_Q^i``, ``V_j = X_j W_V^j`` [n, D] and ``Lv Lv^T = V_j^T V_j``, ``Lq Lq^T = Q_i^T Q_i``.
+
+Method ``ov-kcomp-eigen`` (the earlier score, kept for comparison): ``max(OV copying, 0) * K-comp ratio
+* max(eigenvalue positivity of the virtual QK circuit on raw embeddings, 0)``. OV copying (embed ->
+unembed) is reported by both as a diagnostic only: in deep models induction heads write into later
+layers, and that score is anti-correlated with induction.
 """
 
 from __future__ import annotations
 
 import dataclasses
+import functools
 
 import jax
 import jax.numpy as jnp
 import numpy as np
 
-from circuits.analysis.composition import composition_tensors
-from circuits.analysis.ov import copying_score, ov_copying_scores
+from circuits.analysis.composition import CHUNK_BYTES, composition_baseline, composition_tensors, rotate_keys
+from circuits.analysis.ov import copying_score, ov_copying_scores, ov_eigenvalues
 from circuits.analysis.results import CompositionScores, HeadScores
-from circuits.analysis.weights import AttentionWeights, Preprocessing, WeightReader
+from circuits.analysis.rope_average import DEFAULT_OFFSETS, rope_average
+from circuits.analysis.standins import DEFAULT_BLOWUP, DEFAULT_TOKENS, TokenStandins, sample_token_ids
+from circuits.analysis.weights import AttentionWeights, Preprocessing, WeightReader, gram_factor
 from circuits.convert.build import TensorSource
 from circuits.progress import progress
 
-
+METHODS = ("kcomp-token-z", "ov-kcomp-eigen")
+HIGHEST = jax.lax.Precision.HIGHEST
 def _flat_heads(w: AttentionWeights) -> tuple[jax.Array, jax.Array, jax.Array, jax.Array]:
     """Per flat query head h = k * G + g: W_Q [N, M, D], W_K [N, M, D], W_V [N, M, D], W_O [N, D, M]."""
     m, k, g, d = w.wq.shape
@@ -79,9 +102,105 @@ def token_k_composition(
     return terms
 
 
+
+
+@jax.tree_util.register_dataclass
+@dataclasses.dataclass(frozen=True)
+class EarlierHeads:
+    """What a streaming pass keeps of earlier layers, stacked over a block of A = layers * K KV heads.
+
+    wo [A, G, D, M] (product dtype), value_factor [A, D, D] (L_V L_V^T = W_V^T W_V), ov_norm [A, G]
+    (||W_V W_O||_F), values [n, A, D] (stand-ins through W_V).
+    """
+
+    wo: jax.Array
+    value_factor: jax.Array
+    ov_norm: jax.Array
+    values: jax.Array
+
+
+@jax.tree_util.register_dataclass
+@dataclasses.dataclass(frozen=True)
+class LaterHeads:
+    """The reading layer: wk [M, K, D] (W_K R_bar^T, product dtype), query_factor [K, G, D, D]
+    (L_Q L_Q^T = W_Q^T W_Q), qk_norm [K, G] (||W_Q R_bar W_K^T||_F), queries [n, K, G, D] (stand-ins
+    through W_Q, zero rows for dropped tokens)."""
+
+    wk: jax.Array
+    query_factor: jax.Array
+    qk_norm: jax.Array
+    queries: jax.Array
+
+
+def _einsum(spec: str, *operands: jax.Array) -> jax.Array:
+    return jnp.einsum(spec, *operands, precision=HIGHEST, preferred_element_type=jnp.float32)
+
+
+@jax.jit
+def _earlier_heads(w: AttentionWeights, standins: jax.Array) -> EarlierHeads:
+    """One layer's EarlierHeads (A = K) from its weights and its stand-ins f32[n, M]."""
+    value_gram = _einsum("mkd,mke->kde", w.wv, w.wv)
+    output_gram = _einsum("kgdm,kgem->kgde", w.wo, w.wo)
+    ov_norm = jnp.sqrt(jnp.maximum(_einsum("kde,kgde->kg", value_gram, output_gram), 0.0))
+    return EarlierHeads(w.wo, gram_factor(value_gram), ov_norm, _einsum("nm,mkd->nkd", standins, w.wv))
+
+
+@jax.jit
+def _later_heads(w: AttentionWeights, standins: jax.Array) -> LaterHeads:
+    """The reading layer's LaterHeads; ``w.wk`` must already be RoPE-averaged (:func:`rotate_keys`)."""
+    query_gram = _einsum("mkgd,mkge->kgde", w.wq, w.wq)
+    key_gram = _einsum("mkd,mke->kde", w.wk, w.wk)
+    qk_norm = jnp.sqrt(jnp.maximum(_einsum("kgde,kde->kg", query_gram, key_gram), 0.0))
+    return LaterHeads(w.wk, gram_factor(query_gram), qk_norm, _einsum("nm,mkgd->nkgd", standins, w.wq))
+
+
+@jax.jit
+def _edge_terms(earlier: EarlierHeads, later: LaterHeads, keep: jax.Array) -> tuple[jax.Array, jax.Array]:
+    """(K-composition f32[A, G, K, G'], token z-score f32[A, G, K, G']) of every earlier head (a, g) into
+    every later head (k, g'); ``keep`` bool[n] marks the stand-ins in use."""
+    dtype = earlier.wo.dtype
+    output_key = jnp.einsum(  # P = W_O^j W_K'^i: the only M-long contraction
+        "agdm,mke->agkde", earlier.wo, later.wk.astype(dtype), preferred_element_type=jnp.float32,
+        precision=HIGHEST,
+    )
+
+    left = _einsum("adx,agkdy->agkxy", earlier.value_factor, output_key)  # ||L_V^T P L_Q||_F
+    k_composition = jnp.sqrt(jnp.sum(jnp.square(_einsum("agkxy,khyz->agkhxz", left, later.query_factor)), axis=(-2, -1)))
+    k_composition = k_composition / jnp.maximum(earlier.ov_norm[:, :, None, None] * later.qk_norm[None, None], 1e-30)
+
+    weight = keep.astype(jnp.float32)
+    count = jnp.maximum(weight.sum(), 1.0)
+    values = earlier.values * weight[:, None, None]
+    queries = later.queries * weight[:, None, None, None]
+    diagonal = _einsum("akhde,agkde->agkh", _einsum("nad,nkhe->akhde", values, queries), output_key) / count
+    mean = _einsum("ad,agkde,khe->agkh", values.sum(0) / count, output_key, queries.sum(0) / count)
+    # sum_ab C_ab^2 = trace(P^T (V^T V) P (Q^T Q)) = <(V^T V) P, P (Q^T Q)>
+    value_gram_key = _einsum("ade,agkef->agkdf", _einsum("nad,nae->ade", values, values), output_key)
+    key_query_gram = _einsum("agkde,khef->agkhdf", output_key, _einsum("nkhd,nkhe->khde", queries, queries))
+    second_moment = _einsum("agkdf,agkhdf->agkh", value_gram_key, key_query_gram) / count**2
+    std = jnp.sqrt(jnp.maximum(second_moment - mean**2, 1e-30))
+    return k_composition, (diagonal - mean) / std
+
+
+def _stack_block(blocks: list[EarlierHeads], size: int) -> EarlierHeads:
+    """``blocks`` (one per layer) concatenated and zero-padded to ``size`` layers, so that one compiled
+    program serves every block (padded heads score 0)."""
+    blocks = blocks + [jax.tree.map(jnp.zeros_like, blocks[0])] * (size - len(blocks))
+    return EarlierHeads(
+        wo=jnp.concatenate([b.wo for b in blocks]),
+        value_factor=jnp.concatenate([b.value_factor for b in blocks]),
+        ov_norm=jnp.concatenate([b.ov_norm for b in blocks]),
+        values=jnp.concatenate([b.values for b in blocks], axis=1),
+    )
+
+
 @dataclasses.dataclass(frozen=True)
 class InductionEdge:
-    """A predicted previous-token head (prev_layer, prev_head) -> induction head (layer, head) edge."""
+    """A predicted previous-token head (prev_layer, prev_head) -> induction head (layer, head) edge.
+
+    ``score``: the edge strength; ``k_composition_ratio``: K-composition in units of its random
+    baseline; ``token_term``: the token-level term (Z for ``kcomp-token-z``, eigenvalue positivity for
+    ``ov-kcomp-eigen``)."""
 
     prev_layer: int
     prev_head: int
@@ -93,34 +212,138 @@ class InductionEdge:
 
 
 @dataclasses.dataclass(frozen=True)
-class InductionPrediction:
-    """Everything the weights say about induction circuits.
+class PredictorSettings:
+    """How a prediction was made (recorded in every result).
 
-    predicted_induction [L, N] = max(OV copying, 0) * max over earlier heads j of
-    (K-composition / baseline) * max(token-level K-composition term, 0).
+    ``rope_offsets``: the query-key offsets the QK circuit is averaged over (None: static QK);
+    ``n_tokens`` / ``token_seed``: the sampled token stand-ins; ``standins``: their kind;
+    ``blowup``: stand-ins with RMS above this multiple of the median are dropped.
     """
 
+    method: str = "kcomp-token-z"
+    rope_offsets: tuple[int, int] | None = DEFAULT_OFFSETS
+    n_tokens: int = DEFAULT_TOKENS
+    token_seed: int = 0
+    standins: str = "embeddings through the MLP blocks alone, RMS-normalised"
+    blowup: float = DEFAULT_BLOWUP
+
+    def __post_init__(self):
+        if self.method not in METHODS:
+            raise ValueError(f"unknown prediction method {self.method!r}; choose from {', '.join(METHODS)}")
+        if self.method == "kcomp-token-z" and self.n_tokens < 2:
+            raise ValueError(f"n_tokens must be at least 2, got {self.n_tokens}")
+
+    @classmethod
+    def legacy(cls) -> "PredictorSettings":
+        """The ``ov-kcomp-eigen`` method: static QK on raw embeddings."""
+        return cls(method="ov-kcomp-eigen", rope_offsets=None, n_tokens=0, standins="raw embeddings, whole vocabulary")
+
+
+@dataclasses.dataclass(frozen=True)
+class InductionPrediction:
+    """Everything the weights say about induction circuits (see the module docstring for the method).
+
+    predicted_induction [L, N]: max over earlier heads of the edge strength;
+    source_heads int[L, N, 2]: for each head, the (layer, head) of its strongest previous-token head
+    ((-1, -1) in layer 0); edge_strength / k_composition / token_terms: f32[L, N, L, N] over (earlier, later);
+    ov_copying: the embed -> unembed OV copying score, a diagnostic column.
+    """
+
+    method: str
+    settings: PredictorSettings
     ov_copying: HeadScores
     k_composition: CompositionScores
     token_terms: np.ndarray
+    edge_strength: np.ndarray
     predicted_induction: HeadScores
+    source_heads: np.ndarray
     edges: list[InductionEdge]
     preprocessing: Preprocessing
 
+    def source_of(self, layer: int, head: int) -> tuple[int, int]:
+        """The predicted previous-token head (layer, head) that induction head (layer, head) reads."""
+        prev_layer, prev_head = self.source_heads[layer, head]
+        return int(prev_layer), int(prev_head)
 
-def predict_induction(
-    source: TensorSource,
-    *,
-    fold_norms: bool = True,
-    max_pairs: int = 4096,
-    n_edges: int = 20,
-    show_progress: bool = False,
+
+def _assemble(settings, ov, k_composition, terms, edge_strength, preprocessing, n_edges) -> InductionPrediction:
+    """Predicted scores, source heads and the top edges from edge strengths f32[L, N, L, N]."""
+    n_layers, n_heads = edge_strength.shape[:2]
+    flat = edge_strength.reshape(n_layers * n_heads, n_layers, n_heads)
+    best = flat.argmax(axis=0)
+    source_heads = np.stack(np.unravel_index(best, (n_layers, n_heads)), axis=-1).astype(np.int32)
+    source_heads[0] = -1
+    predicted = flat.max(axis=0).astype(np.float32)
+    ratio = k_composition.ratio()
+    edges = []
+    for index in np.argsort(-edge_strength, axis=None, kind="stable")[:n_edges]:
+        l1, j, l2, i = (int(x) for x in np.unravel_index(index, edge_strength.shape))
+        if not edge_strength[l1, j, l2, i] > 0:
+            break
+        edges.append(InductionEdge(l1, j, l2, i, float(edge_strength[l1, j, l2, i]), float(ratio[l1, j, l2, i]), float(terms[l1, j, l2, i])))
+    return InductionPrediction(
+        method=settings.method,
+        settings=settings,
+        ov_copying=ov,
+        k_composition=k_composition,
+        token_terms=terms,
+        edge_strength=edge_strength,
+        predicted_induction=HeadScores("predicted_induction", predicted, preprocessing),
+        source_heads=source_heads,
+        edges=edges,
+        preprocessing=preprocessing,
+    )
+
+
+def _predict_kcomp_token_z(
+    source: TensorSource, settings: PredictorSettings, fold_norms: bool, product_dtype: str | None, n_edges: int, show_progress: bool
 ) -> InductionPrediction:
-    """Predict induction heads and their previous-token heads from the weights alone.
+    """The default method in one streaming pass over the layers (each layer's weights read once)."""
+    reader = WeightReader(source, fold_norms=fold_norms)
+    config = reader.config
+    n_layers, n_heads, n_kv, g, d = config.n_layers, config.n_heads, config.n_kv_heads, config.q_per_kv, config.head_dim
+    if product_dtype is None:
+        product_dtype = "bfloat16" if reader.preprocessing.weights_dtype == "bfloat16" else "float32"
+    preprocessing = dataclasses.replace(reader.preprocessing, product_dtype=product_dtype, rope_offsets=settings.rope_offsets)
+    rotation = None if settings.rope_offsets is None else jnp.asarray(rope_average(config, settings.rope_offsets))
+    standins = TokenStandins(
+        reader, sample_token_ids(config.vocab_size, settings.n_tokens, settings.token_seed), settings.blowup, product_dtype
+    )
+    unembed_embed = reader.unembed_embed_product()
+    eigenvalues = np.zeros((n_layers, n_heads, d), np.complex128)
+    k_composition = np.zeros((n_layers, n_heads, n_layers, n_heads), np.float32)
+    token_z = np.zeros_like(k_composition)
+    per_layer_bytes = n_heads * d * n_heads * d * 4
+    block = max(1, min(CHUNK_BYTES // per_layer_bytes, n_layers - 1))
+    earlier: list[EarlierHeads] = []
+    for layer in progress(range(n_layers), "induction circuits (weights)", enabled=show_progress):
+        w = reader.attention(layer)
+        eigenvalues[layer] = ov_eigenvalues(unembed_embed, w.wv, w.wo)
+        x, keep = standins.current()
+        w = rotate_keys(w, rotation)
+        later = _later_heads(w, x)
+        later = dataclasses.replace(later, wk=later.wk.astype(product_dtype))
+        keep = jnp.asarray(keep)
+        for start in range(0, layer, block):
+            stop = min(start + block, layer)
+            composition, z = _edge_terms(_stack_block(earlier[start:stop], block), later, keep)
+            real = (stop - start) * n_kv
+            k_composition[start:stop, :, layer, :] = np.asarray(composition[:real]).reshape(stop - start, n_heads, n_heads)
+            token_z[start:stop, :, layer, :] = np.asarray(z[:real]).reshape(stop - start, n_heads, n_heads)
+        heads = _earlier_heads(w, x)
+        earlier.append(dataclasses.replace(heads, wo=heads.wo.astype(product_dtype)))
+        standins.advance()
+    baseline = composition_baseline(config, "k", rotation=rotation)
+    k_scores = CompositionScores("k", k_composition, *baseline, preprocessing)
+    ov = HeadScores("ov_copying", copying_score(eigenvalues).astype(np.float32), preprocessing)
+    edge_strength = (k_scores.ratio() * np.clip(token_z, 0.0, None)).astype(np.float32)
+    return _assemble(settings, ov, k_scores, token_z, edge_strength, preprocessing, n_edges)
 
-    Token-level terms are computed for every earlier->later pair when there are at most
-    ``max_pairs`` of them, else for the ``max_pairs`` pairs with the strongest K-composition.
-    """
+
+def _predict_ov_kcomp_eigen(
+    source: TensorSource, settings: PredictorSettings, fold_norms: bool, max_pairs: int, n_edges: int, show_progress: bool
+) -> InductionPrediction:
+    """The earlier score: max(OV copying, 0) * K-comp ratio * max(token-level eigenvalue term, 0)."""
     ov = ov_copying_scores(source, fold_norms=fold_norms, show_progress=show_progress)
     k_comp = composition_tensors(source, ("k",), fold_norms=fold_norms, show_progress=show_progress)["k"]
     ratio = k_comp.ratio()
@@ -130,22 +353,33 @@ def predict_induction(
         candidates &= ratio >= threshold
     terms = token_k_composition(source, pairs=candidates, fold_norms=fold_norms, show_progress=show_progress)
     copying = np.clip(ov.scores, 0.0, None)
-    edge_strength = ratio * np.clip(np.nan_to_num(terms, nan=0.0), 0.0, None) * copying[None, None, :, :]
-    predicted = edge_strength.max(axis=(0, 1)).astype(np.float32)
-    order = np.argsort(-edge_strength, axis=None)[:n_edges]
-    edges = []
-    for flat in order:
-        l1, j, l2, i = (int(x) for x in np.unravel_index(flat, edge_strength.shape))
-        if edge_strength[l1, j, l2, i] <= 0:
-            break
-        edges.append(
-            InductionEdge(l1, j, l2, i, float(edge_strength[l1, j, l2, i]), float(ratio[l1, j, l2, i]), float(terms[l1, j, l2, i]))
-        )
-    return InductionPrediction(
-        ov_copying=ov,
-        k_composition=k_comp,
-        token_terms=terms,
-        predicted_induction=HeadScores("predicted_induction", predicted, ov.preprocessing),
-        edges=edges,
-        preprocessing=ov.preprocessing,
-    )
+    edge_strength = (ratio * np.clip(np.nan_to_num(terms, nan=0.0), 0.0, None) * copying[None, None, :, :]).astype(np.float32)
+    return _assemble(settings, ov, k_comp, terms, edge_strength, k_comp.preprocessing, n_edges)
+
+
+def predict_induction(
+    source: TensorSource,
+    *,
+    method: str = "kcomp-token-z",
+    rope_offsets: tuple[int, int] | None = DEFAULT_OFFSETS,
+    n_tokens: int = DEFAULT_TOKENS,
+    token_seed: int = 0,
+    fold_norms: bool = True,
+    product_dtype: str | None = None,
+    max_pairs: int = 4096,
+    n_edges: int = 20,
+    show_progress: bool = False,
+) -> InductionPrediction:
+    """Predict induction heads and their previous-token heads from the weights alone.
+
+    source: a loaded model or a streamed checkpoint (:func:`circuits.open_weights`).
+    method: ``kcomp-token-z`` (default; see the module docstring) or ``ov-kcomp-eigen`` (the earlier
+    score, for comparison; ``max_pairs`` bounds its eigenvalue terms). rope_offsets, n_tokens,
+    token_seed: the RoPE average and the token stand-ins of ``kcomp-token-z``. product_dtype: input
+    dtype of the M-long products (default bfloat16 for bfloat16 checkpoints, else float32; float32
+    accumulation always). Memory: one layer's weights plus W_O of every layer in ``product_dtype``.
+    """
+    if method == "ov-kcomp-eigen":
+        return _predict_ov_kcomp_eigen(source, PredictorSettings.legacy(), fold_norms, max_pairs, n_edges, show_progress)
+    settings = PredictorSettings(method, None if rope_offsets is None else tuple(rope_offsets), n_tokens, token_seed)
+    return _predict_kcomp_token_z(source, settings, fold_norms, product_dtype, n_edges, show_progress)

@@ -20,6 +20,13 @@ def ov_circuit_cores(unembed_embed: jax.Array, wv: jax.Array, wo: jax.Array) -> 
     return jnp.einsum("kgdm,mke->kgde", wo, shared)
 
 
+def ov_eigenvalues(unembed_embed: jax.Array, wv: jax.Array, wo: jax.Array) -> np.ndarray:
+    """complex128[N, D]: the nonzero eigenvalues of each query head's full OV circuit (one layer)."""
+    cores = np.asarray(ov_circuit_cores(unembed_embed, wv, wo), np.float64)
+    k, g, d, _ = cores.shape
+    return np.linalg.eigvals(cores.reshape(k * g, d, d))
+
+
 def copying_score(eigenvalues: np.ndarray) -> np.ndarray:
     """Re(sum(l)) / sum(|l|) over the last axis; 0 for a head whose OV circuit is zero."""
     total = np.abs(eigenvalues).sum(axis=-1)
@@ -45,8 +52,7 @@ def ov_copying_scores(
     eigenvalues = np.zeros((config.n_layers, config.n_heads, config.head_dim), np.complex128)
     for layer in progress(range(config.n_layers), "OV eigenvalues", enabled=show_progress):
         weights = reader.attention(layer)
-        cores = np.asarray(ov_circuit_cores(product, weights.wv, weights.wo), np.float64)
-        eigenvalues[layer] = np.linalg.eigvals(cores.reshape(config.n_heads, config.head_dim, config.head_dim))
+        eigenvalues[layer] = ov_eigenvalues(product, weights.wv, weights.wo)
     return HeadScores(
         name="ov_copying",
         scores=copying_score(eigenvalues).astype(np.float32),

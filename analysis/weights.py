@@ -29,6 +29,7 @@ class Preprocessing:
     weights_dtype: str
     accumulation_dtype: str = "float32"
     product_dtype: str = "float32"  # input dtype of the large products (accumulation stays float32)
+    rope_offsets: tuple[int, int] | None = None  # QK circuits averaged over these query-key offsets (None: static)
 
 
 @jax.tree_util.register_dataclass
@@ -43,6 +44,17 @@ class AttentionWeights:
     wk: jax.Array
     wv: jax.Array
     wo: jax.Array
+
+
+@jax.tree_util.register_dataclass
+@dataclasses.dataclass(frozen=True)
+class MLPWeights:
+    """One layer's SwiGLU block in float32: norm [M], w_gate / w_up [M, F], w_down [F, M]."""
+
+    norm: jax.Array
+    w_gate: jax.Array
+    w_up: jax.Array
+    w_down: jax.Array
 
 
 class WeightReader:
@@ -64,6 +76,18 @@ class WeightReader:
             wq, wk, wv = wq * gain[:, None, None, None], wk * gain[:, None, None], wv * gain[:, None, None]
         self._release_pages()
         return AttentionWeights(wq, wk, wv, wo)
+
+    def mlp(self, layer: int) -> MLPWeights:
+        """Layer ``layer``'s MLP block in float32 (its norm gain kept separate: the stand-ins need the norm itself)."""
+        weights = MLPWeights(*(self._f32(name, layer) for name in ("mlp_norm", "w_gate", "w_up", "w_down")))
+        self._release_pages()
+        return weights
+
+    def embed_rows(self, ids: np.ndarray) -> jax.Array:
+        """Rows ``ids`` of the embedding, f32[n, M] (only those rows are read)."""
+        rows = np.asarray(self.source.tensor("embed")[np.asarray(ids)])
+        self._release_pages()
+        return jnp.asarray(rows, jnp.float32)
 
     def _release_pages(self) -> None:
         """Let a memory-mapped source unmap what was just copied, so streaming never accumulates the model."""

@@ -7,6 +7,7 @@ import sys
 from pathlib import Path
 
 from circuits.analysis.clamps import DEFAULT_CLAMPS
+from circuits.analysis.induction import METHODS
 from circuits.convert.errors import CheckpointError
 from circuits.models.config import ConfigError
 from circuits.models.sharding import MeshError, parse_mesh
@@ -55,17 +56,25 @@ def _analyze(args: argparse.Namespace) -> None:
 
     source = open_weights(args.model)
     prediction = predict_induction(
-        source, fold_norms=not args.no_fold_norms, max_pairs=args.max_pairs, n_edges=args.top, show_progress=True
+        source,
+        method=args.method,
+        n_tokens=args.tokens,
+        token_seed=args.token_seed,
+        fold_norms=not args.no_fold_norms,
+        max_pairs=args.max_pairs,
+        n_edges=args.top,
+        show_progress=True,
     )
     console = Console()
-    heads = Table(title=f"Predicted induction heads (weights only): {args.model}")
-    for column in ("layer", "head", "predicted induction", "OV copying"):
+    heads = Table(title=f"Predicted induction heads (weights only, {prediction.method}): {args.model}")
+    for column in ("layer", "head", "predicted induction", "source head", "OV copying (diagnostic)"):
         heads.add_column(column, justify="right")
     for layer, head, score in prediction.predicted_induction.top(args.top):
-        heads.add_row(str(layer), str(head), f"{score:.3f}", f"{prediction.ov_copying.scores[layer, head]:+.3f}")
+        prev_layer, prev_head = prediction.source_of(layer, head)
+        heads.add_row(str(layer), str(head), f"{score:.3f}", f"L{prev_layer}H{prev_head}", f"{prediction.ov_copying.scores[layer, head]:+.3f}")
     console.print(heads)
     edges = Table(title="Predicted previous-token head -> induction head edges")
-    for column in ("previous-token head", "induction head", "strength", "K-comp / baseline", "token QK term"):
+    for column in ("previous-token head", "induction head", "strength", "K-comp / baseline", "token term"):
         edges.add_column(column, justify="right")
     for edge in prediction.edges:
         edges.add_row(
@@ -194,7 +203,12 @@ def build_parser() -> argparse.ArgumentParser:
     analyze.add_argument("model", nargs="?", default=DEFAULT_MODEL, help=f"HF directory, GGUF file, cache, model name (default {DEFAULT_MODEL}) or demo name")
     analyze.add_argument("--out", default=None, help="also write the full results as JSON here")
     analyze.add_argument("--top", type=int, default=10, help="rows to show")
-    analyze.add_argument("--max-pairs", type=int, default=4096, help="head pairs that get token-level terms")
+    analyze.add_argument("--method", choices=METHODS, default=METHODS[0],
+                         help="kcomp-token-z: RoPE-averaged K-composition x token-level prefix-matching z-score on MLP "
+                              "stand-ins (default); ov-kcomp-eigen: the earlier OV-copying-weighted score, for comparison")
+    analyze.add_argument("--tokens", type=int, default=1024, help="token stand-ins sampled for kcomp-token-z (default 1024)")
+    analyze.add_argument("--token-seed", type=int, default=0, help="seed of the token sample (default 0)")
+    analyze.add_argument("--max-pairs", type=int, default=4096, help="head pairs that get eigenvalue terms (ov-kcomp-eigen only)")
     analyze.add_argument("--no-fold-norms", action="store_true", help="score raw weights (norm gains not folded)")
     analyze.set_defaults(run=_analyze)
 

@@ -12,7 +12,7 @@ import numpy as np
 
 from circuits.analysis.induction import InductionPrediction
 
-SCHEMA_VERSION = 1
+SCHEMA_VERSION = 2
 
 
 def atomic_write_text(path: str | Path, text: str) -> Path:
@@ -62,9 +62,12 @@ def prediction_to_dict(prediction: InductionPrediction, model_name: str) -> dict
     return {
         "schema_version": SCHEMA_VERSION,
         "model": model_name,
+        "method": prediction.method,
+        "settings": dataclasses.asdict(prediction.settings),
         "preprocessing": dataclasses.asdict(prediction.preprocessing),
         "ov_copying": rounded_list(prediction.ov_copying.scores),
         "predicted_induction": rounded_list(prediction.predicted_induction.scores),
+        "source_heads": prediction.source_heads.tolist(),
         "k_composition_baseline": {
             "mean": prediction.k_composition.baseline_mean,
             "std": prediction.k_composition.baseline_std,

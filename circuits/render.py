@@ -7,10 +7,15 @@ import html
 from circuits.figures import circuit_graph, head_heatmap
 
 READING_GUIDE = """\
-* **predicted induction** (weights only): OV copying x strongest K-composition from an earlier head
-  (in units of the random baseline) x that pair's token-level QK term; 0 = no induction circuit predicted.
-* **OV copying** (weights only): Re(sum of eigenvalues) / sum |eigenvalues| of the full OV circuit, in [-1, 1];
-  near 1 the head copies the token it attends to.
+* **predicted induction** (weights only, method kcomp-token-z): the strongest edge from an earlier head j,
+  K-composition of j's OV into this head's RoPE-averaged QK circuit (in units of the random baseline) x the
+  positive part of the token-level prefix-matching z-score (do query tokens match keys whose previous token,
+  moved by j, is the same token? computed on token stand-ins: embeddings through the MLP blocks alone);
+  0 = no induction circuit predicted.
+* **source head** (weights only): the earlier head j of that strongest edge, the predicted previous-token head.
+* **OV copying** (weights only, a diagnostic): Re(sum of eigenvalues) / sum |eigenvalues| of the embed -> unembed
+  OV circuit, in [-1, 1]. Not part of the prediction: in deep models induction heads write into later layers,
+  and this score is anti-correlated with induction.
 * **prefix matching** (measured): share of attention from each later-repeat token to the token after its earlier
   occurrence; uniform attention scores about 1/position, a clean induction head close to 1.
 * **previous token** (measured): share of attention on the position just before.
@@ -27,12 +32,13 @@ def _head(layer: int, head: int) -> str:
 def head_rows(report) -> tuple[list[str], list[list[str]]]:
     """(header, rows) of the top-k predicted heads, with their measured scores when validated."""
     v = report.validation
-    header = ["rank", "head", "predicted induction", "OV copying"]
+    header = ["rank", "head", "predicted induction", "source head", "OV copying"]
     if v is not None:
         header += ["prefix matching", "previous token", "copying", "confirmed"]
     rows = []
     for rank, (layer, head, score) in enumerate(report.top_predicted(), 1):
-        row = [str(rank), _head(layer, head), f"{score:.3f}", f"{report.ov_copying[layer, head]:+.3f}"]
+        row = [str(rank), _head(layer, head), f"{score:.3f}", _head(*report.source_of(layer, head)),
+               f"{report.ov_copying[layer, head]:+.3f}"]
         if v is not None:
             row += [f"{v.prefix_matching[layer, head]:.3f}", f"{v.previous_token[layer, head]:.3f}",
                     f"{v.copying[layer, head]:.3f}", "yes" if (layer, head) in v.confirmed else "no"]
@@ -42,7 +48,7 @@ def head_rows(report) -> tuple[list[str], list[list[str]]]:
 
 def edge_rows(report) -> tuple[list[str], list[list[str]]]:
     v = report.validation
-    header = ["previous-token head", "induction head", "strength", "K-composition / baseline", "token QK term"]
+    header = ["previous-token head", "induction head", "strength", "K-composition / baseline", "token term"]
     if v is not None:
         header += ["measured previous token (of the first head)"]
     rows = []
@@ -72,7 +78,10 @@ def ablation_rows(report) -> tuple[list[str], list[list[str]]]:
 def _summary_lines(report) -> list[str]:
     c = report.config
     p = report.preprocessing
+    settings = report.settings
     lines = [
+        f"Prediction method {report.method}: RoPE offsets {settings['rope_offsets']}, {settings['n_tokens']} token "
+        f"stand-ins (seed {settings['token_seed']}; {settings['standins']}).",
         f"{c['architecture']}: {c['n_layers']} layers x {c['n_heads']} query heads ({c['n_kv_heads']} KV heads), "
         f"d_model {c['d_model']}, vocabulary {c['vocab_size']}.",
         f"Weights: {p['weights_dtype']}, {p['accumulation_dtype']} accumulation; RMSNorm gains "
@@ -86,6 +95,8 @@ def _summary_lines(report) -> list[str]:
             f"{len(v.confirmed)} of the top {report.k} predicted heads confirmed (prefix matching >= {v.confirm_threshold}); "
             f"Spearman correlation of predicted induction with prefix matching over all heads {v.spearman:.3f}; "
             f"precision@{report.k} {v.precision_at_k:.2f}.",
+            f"{v.previous_token_sources} of the top {report.k} predicted heads read from a predicted source head that is a "
+            f"measured previous-token head (previous token >= {v.previous_token_threshold}).",
         ]
     return lines
 

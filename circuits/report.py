@@ -22,7 +22,8 @@ from circuits.analysis.targets import induction_targets
 from circuits.output import rounded_list, write_files
 from circuits.progress import progress
 
-SCHEMA_VERSION = 1
+SCHEMA_VERSION = 2
+PREVIOUS_TOKEN_THRESHOLD = 0.5
 REPORT_FILES = ("report.json", "report.md", "report.html")
 
 
@@ -33,6 +34,8 @@ class Validation:
     ``confirmed``: the top-k predicted heads whose measured prefix-matching score is at least
     ``confirm_threshold`` (the share of attention they put on the induction target).
     ``knockout_loss``: loss with the exact induction edges knocked out in the top-k predicted heads only.
+    ``previous_token_sources``: how many of the top-k predicted heads have a predicted source head whose
+    measured previous-token score is at least ``previous_token_threshold``.
     """
 
     data: str
@@ -46,17 +49,26 @@ class Validation:
     knockout_loss: float
     confirm_threshold: float
     confirmed: list[tuple[int, int]]
+    previous_token_sources: int
+    previous_token_threshold: float = PREVIOUS_TOKEN_THRESHOLD
 
 
 @dataclasses.dataclass(frozen=True)
 class CircuitReport:
-    """What the weights predict about induction circuits, and (with validation) what forward passes show."""
+    """What the weights predict about induction circuits, and (with validation) what forward passes show.
+
+    ``method`` / ``settings``: how the prediction was made (:class:`~circuits.analysis.induction.PredictorSettings`);
+    ``source_heads`` int[L, N, 2]: each head's predicted previous-token head (layer, head).
+    """
 
     model: str
     config: dict[str, Any]
     preprocessing: dict[str, Any]
+    method: str
+    settings: dict[str, Any]
     ov_copying: np.ndarray
     predicted_induction: np.ndarray
+    source_heads: np.ndarray
     edges: list[InductionEdge]
     k_composition_baseline: dict[str, float]
     k: int
@@ -68,6 +80,11 @@ class CircuitReport:
         order = np.argsort(-self.predicted_induction, axis=None)[: self.k]
         n_heads = self.predicted_induction.shape[1]
         return [(int(i) // n_heads, int(i) % n_heads, float(self.predicted_induction.ravel()[i])) for i in order]
+
+    def source_of(self, layer: int, head: int) -> tuple[int, int]:
+        """The predicted previous-token head (layer, head) of head (layer, head)."""
+        prev_layer, prev_head = self.source_heads[layer, head]
+        return int(prev_layer), int(prev_head)
 
     def to_dict(self) -> dict[str, Any]:
         """JSON-ready dict (arrays as nested lists)."""
@@ -83,6 +100,7 @@ class CircuitReport:
         fields = dict(data)
         for name in ("ov_copying", "predicted_induction"):
             fields[name] = np.asarray(fields[name], np.float32)
+        fields["source_heads"] = np.asarray(fields["source_heads"], np.int32)
         fields["edges"] = [InductionEdge(**edge) for edge in fields["edges"]]
         if fields.get("validation") is not None:
             v = dict(fields["validation"])
@@ -126,10 +144,11 @@ def _to_json_ready(value):
     return value
 
 
-def validate_prediction(model, predicted: np.ndarray, k: int, *, confirm_threshold: float = 0.3, seeds=(0, 1, 2),
-             show_progress: bool = True) -> Validation:
+def validate_prediction(model, predicted: np.ndarray, k: int, *, source_heads: np.ndarray, confirm_threshold: float = 0.3,
+                        seeds=(0, 1, 2), show_progress: bool = True) -> Validation:
     """Measure every head on BOS + 50 random tokens x 2 (16 sequences per seed) and test the prediction:
-    rank agreement, ablation of the top-k predicted heads vs k random heads, and induction-edge knockout."""
+    rank agreement, ablation of the top-k predicted heads vs k random heads, induction-edge knockout, and
+    whether the predicted source heads (int[L, N, 2]) of the top-k heads are measured previous-token heads."""
     config = model.config
     data = repeated_random_tokens(config, 16, 50, seed=seeds[0])
     top_mask = heads_mask(config, top_heads(predicted, k))
@@ -144,6 +163,8 @@ def validate_prediction(model, predicted: np.ndarray, k: int, *, confirm_thresho
     scores = {name: s.scores for name, s in results["attention"].items()}
     prefix = scores["prefix_matching"]
     confirmed = [(layer, head) for layer, head in top_heads(predicted, k) if prefix[layer, head] >= confirm_threshold]
+    sources = [tuple(source_heads[layer, head]) for layer, head in top_heads(predicted, k)]
+    previous_token_sources = sum(1 for sl, sh in sources if sl >= 0 and scores["previous_token"][sl, sh] >= PREVIOUS_TOKEN_THRESHOLD)
     return Validation(
         data=results["attention"]["prefix_matching"].source,
         prefix_matching=prefix,
@@ -156,6 +177,7 @@ def validate_prediction(model, predicted: np.ndarray, k: int, *, confirm_thresho
         knockout_loss=results["knockout"],
         confirm_threshold=confirm_threshold,
         confirmed=confirmed,
+        previous_token_sources=previous_token_sources,
     )
 
 
@@ -195,14 +217,17 @@ def report(
     if validate:
         if loaded is None:
             loaded = load(path, dtype=dtype, mesh=mesh, show_progress=show_progress)
-        validation = validate_prediction(loaded, prediction.predicted_induction.scores, k,
+        validation = validate_prediction(loaded, prediction.predicted_induction.scores, k, source_heads=prediction.source_heads,
                                          confirm_threshold=confirm_threshold, show_progress=show_progress)
     return CircuitReport(
         model=name,
         config=config.to_dict(),
         preprocessing=dataclasses.asdict(prediction.preprocessing),
+        method=prediction.method,
+        settings=dataclasses.asdict(prediction.settings),
         ov_copying=prediction.ov_copying.scores,
         predicted_induction=prediction.predicted_induction.scores,
+        source_heads=prediction.source_heads,
         edges=prediction.edges,
         k_composition_baseline={"mean": prediction.k_composition.baseline_mean, "std": prediction.k_composition.baseline_std},
         k=k,

@@ -47,6 +47,8 @@ class TrainSettings:
     d_model: int = 64
     n_layers: int = 2
     n_heads: int = 8
+    n_kv_heads: int | None = None  # None: multi-head attention (n_heads KV heads)
+    d_mlp: int = 0  # 0: attention-only
     n_pairs: int = 3
     n_classes: int = 256
     n_labels: int = 16
@@ -54,6 +56,7 @@ class TrainSettings:
     vocab_size: int = 64  # repeat task
     min_length: int = 8  # repeat task
     max_length: int = 16  # repeat task
+    branching: int = 0  # repeat task: > 0 draws the text from a sparse Markov chain, loss everywhere
 
     def __post_init__(self):
         problems = []
@@ -74,20 +77,21 @@ class TrainSettings:
     def formation_task(self) -> FewShotTask | RepeatTask:
         if self.task == "fewshot":
             return FewShotTask(self.n_classes, self.n_labels, self.n_pairs, self.noise, self.seed)
-        return RepeatTask(self.vocab_size, self.min_length, self.max_length)
+        return RepeatTask(self.vocab_size, self.min_length, self.max_length, self.branching, self.seed)
 
     def model_config(self) -> ModelConfig:
-        """The attention-only, pre-norm, RoPE model of the issue (untied unembedding)."""
+        """The pre-norm RoPE model (untied unembedding): attention-only by default, Llama-style with
+        ``d_mlp`` > 0 and grouped-query attention with ``n_kv_heads`` < ``n_heads``."""
         return ModelConfig(
             vocab_size=self.formation_task.vocab_size,
             d_model=self.d_model,
             n_layers=self.n_layers,
             n_heads=self.n_heads,
-            n_kv_heads=self.n_heads,
+            n_kv_heads=self.n_kv_heads or self.n_heads,
             head_dim=self.d_model // self.n_heads,
-            d_mlp=0,
+            d_mlp=self.d_mlp,
             max_position_embeddings=self.formation_task.seq_len,
-            architecture="attention-only",
+            architecture="llama" if self.d_mlp else "attention-only",
         )
 
     def identity(self) -> dict:

@@ -1,0 +1,86 @@
+"""Token stand-ins: what a layer's attention reads for a token, from the weights alone.
+
+Raw embeddings are a poor proxy for the residual stream deep in a model. A stand-in for token t
+at layer l is its embedding propagated *alone* through the MLP blocks of layers < l (attention
+skipped: a lone token attending to itself behaves like an attention sink), then RMS-normalised
+(the attention norm's gain is folded into the reading weights). No data sequences are involved.
+Tokens whose residual blows up (RMS over ``blowup`` times the median token's at some layer) are
+dropped from that layer on.
+"""
+
+from __future__ import annotations
+
+import dataclasses
+
+import jax
+import jax.numpy as jnp
+import numpy as np
+
+from circuits.analysis.weights import MLPWeights, WeightReader
+
+DEFAULT_TOKENS = 1024
+DEFAULT_BLOWUP = 100.0
+
+
+def sample_token_ids(vocab_size: int, n_tokens: int, seed: int) -> np.ndarray:
+    """int[min(n_tokens, V)] distinct token ids drawn uniformly with ``seed``, sorted."""
+    rng = np.random.default_rng(seed)
+    return np.sort(rng.choice(vocab_size, size=min(n_tokens, vocab_size), replace=False))
+
+
+@jax.jit
+def _normalise(x: jax.Array) -> tuple[jax.Array, jax.Array]:
+    """(x / rms(x) f32[n, M], rms f32[n])."""
+    rms = jnp.sqrt(jnp.mean(jnp.square(x), axis=-1))
+    return x / jnp.maximum(rms, 1e-30)[:, None], rms
+
+
+@jax.jit
+def _mlp_step(x: jax.Array, mlp: MLPWeights, eps: float) -> jax.Array:
+    """x + SwiGLU(RMSNorm(x)) for x f32[n, M]; products in the weights' dtype, accumulated in float32."""
+    hidden = x * jax.lax.rsqrt(jnp.mean(jnp.square(x), axis=-1, keepdims=True) + eps) * mlp.norm
+    dtype = mlp.w_gate.dtype
+
+    def dot(a, b):
+        return jnp.dot(a.astype(dtype), b, preferred_element_type=jnp.float32, precision=jax.lax.Precision.HIGHEST)
+
+    return x + dot(jax.nn.silu(dot(hidden, mlp.w_gate)) * dot(hidden, mlp.w_up), mlp.w_down)
+
+
+@dataclasses.dataclass
+class TokenStandins:
+    """Stand-ins layer by layer, advanced in step with a streaming pass over the weights.
+
+    ``current()`` gives the stand-ins read by the attention of the current layer, f32[n, M], and the
+    mask bool[n] of tokens kept so far; ``advance()`` then applies that layer's MLP block.
+    """
+
+    reader: WeightReader
+    ids: np.ndarray
+    blowup: float = DEFAULT_BLOWUP
+    product_dtype: str = "float32"
+
+    def __post_init__(self):
+        self.layer = 0
+        self._residual = self.reader.embed_rows(self.ids)
+        self.keep = np.ones(len(self.ids), bool)
+
+    def current(self) -> tuple[jax.Array, np.ndarray]:
+        """(normalised stand-ins f32[n, M] at the input of layer ``self.layer``, kept tokens bool[n])."""
+        normalised, rms = _normalise(self._residual)
+        rms = np.asarray(rms)
+        finite = np.isfinite(rms)
+        median = np.median(rms[self.keep & finite]) if (self.keep & finite).any() else np.inf
+        self.keep &= finite & (rms <= self.blowup * median)
+        return jnp.where(jnp.asarray(self.keep)[:, None], normalised, 0.0), self.keep.copy()
+
+    def advance(self) -> None:
+        """Apply the current layer's MLP block (nothing for attention-only models) and move to the next layer."""
+        config = self.reader.config
+        if not config.attention_only:
+            mlp = self.reader.mlp(self.layer)
+            mlp = dataclasses.replace(
+                mlp, **{name: getattr(mlp, name).astype(self.product_dtype) for name in ("w_gate", "w_up", "w_down")}
+            )
+            self._residual = _mlp_step(self._residual, mlp, config.rms_norm_eps)
+        self.layer += 1

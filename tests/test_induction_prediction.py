@@ -1,0 +1,119 @@
+"""The weight-only induction predictor (``kcomp-token-z``) against brute-force products of full matrices."""
+
+import jax
+import jax.numpy as jnp
+import numpy as np
+import pytest
+from helpers import dense_heads, random_transformer
+
+from circuits.analysis.induction import predict_induction
+from circuits.analysis.rope_average import rope_average
+from circuits.analysis.standins import sample_token_ids
+from circuits.models.config import ModelConfig
+from circuits.models.rope import apply_rotary, rotary_tables
+
+
+def brute_standins(model, ids: np.ndarray) -> list[np.ndarray]:
+    """float64 stand-ins per layer: embeddings through the model's own MLP blocks only, RMS-normalised."""
+    c = model.config
+    x = np.asarray(model.tensor("embed"), np.float64)[ids]
+    out = []
+    for layer in range(c.n_layers):
+        out.append(x / np.sqrt((x * x).mean(-1, keepdims=True)))
+        if c.attention_only:
+            continue
+        mlp = jax.tree.map(lambda p: p[layer], model.blocks.mlp)  # this layer's slice of the scanned MLP
+        normed = x / np.sqrt((x * x).mean(-1, keepdims=True) + c.rms_norm_eps) * np.asarray(model.tensor("mlp_norm", layer))
+        x = x + np.asarray(mlp(jnp.asarray(normed[None], jnp.float32))[0], np.float64)
+    return out
+
+
+def brute_prediction(model, n_tokens: int, seed: int, offsets=(8, 512)):
+    """(K-composition f64[L,N,L,N] unnormalised, token z f64[L,N,L,N]) from dense M x M and n x n matrices."""
+    c = model.config
+    rotation = rope_average(c, offsets).astype(np.float64)
+    ids = sample_token_ids(c.vocab_size, n_tokens, seed)
+    x = brute_standins(model, ids)
+    heads = [dense_heads(model, layer) for layer in range(c.n_layers)]
+    k_comp = np.zeros((c.n_layers, c.n_heads) * 2)
+    z = np.zeros_like(k_comp)
+    for l1 in range(c.n_layers):
+        for l2 in range(l1 + 1, c.n_layers):
+            _, _, wv1, wo1 = heads[l1]
+            wq2, wk2, _, _ = heads[l2]
+            for j in range(c.n_heads):
+                ov = wv1[j] @ wo1[j]  # [M, M]
+                for i in range(c.n_heads):
+                    qk = wq2[i] @ rotation @ wk2[i].T  # RoPE-averaged QK [M, M]
+                    k_comp[l1, j, l2, i] = np.linalg.norm(ov @ qk.T) / (np.linalg.norm(ov) * np.linalg.norm(qk))
+                    circuit = x[l2] @ qk @ (x[l1] @ ov).T  # [n, n]: query token a vs key whose previous token is b
+                    z[l1, j, l2, i] = (np.diag(circuit).mean() - circuit.mean()) / circuit.std()
+    return k_comp, z
+
+
+def test_rope_average_is_the_mean_rotary_logit_over_offsets():
+    config = ModelConfig(vocab_size=8, d_model=16, n_layers=1, n_heads=2, n_kv_heads=1, head_dim=8, d_mlp=0, rope_theta=50.0)
+    rng = np.random.default_rng(0)
+    q, k = rng.normal(size=(2, 8)).astype(np.float32)
+    cos, sin = rotary_tables(config, 64)
+    rotated_q = np.asarray(apply_rotary(jnp.asarray(np.tile(q, (1, 64, 1))), cos, sin))[0]
+    rotated_k = np.asarray(apply_rotary(jnp.asarray(np.tile(k, (1, 64, 1))), cos, sin))[0]
+    query_position = 50
+    logits = [rotated_q[query_position] @ rotated_k[query_position - delta] for delta in range(3, 21)]
+    assert q @ rope_average(config, (3, 20)) @ k == pytest.approx(np.mean(logits), rel=1e-5)
+    assert not np.allclose(rope_average(config, (3, 20)), np.eye(8), atol=0.1)  # it does change the circuit
+
+
+@pytest.mark.parametrize("overrides", [dict(), dict(n_kv_heads=6, d_mlp=0)])
+def test_factored_prediction_equals_brute_force(overrides):
+    model = random_transformer(n_layers=3, **overrides)
+    prediction = predict_induction(model, n_tokens=32, token_seed=1)
+    k_comp, z = brute_prediction(model, 32, 1)
+    later = np.zeros(k_comp.shape, bool)
+    for l1 in range(3):
+        later[l1, :, l1 + 1 :, :] = True
+    np.testing.assert_allclose(prediction.k_composition.scores[later], k_comp[later], rtol=2e-4, atol=1e-6)
+    np.testing.assert_allclose(prediction.token_terms[later], z[later], rtol=2e-3, atol=2e-3)
+    assert np.all(prediction.token_terms[~later] == 0) and np.all(prediction.edge_strength[~later] == 0)
+    expected = k_comp / prediction.k_composition.baseline_mean * np.clip(z, 0, None)
+    np.testing.assert_allclose(prediction.predicted_induction.scores, expected.max(axis=(0, 1)), rtol=2e-3, atol=2e-3)
+    layer, head, _ = prediction.predicted_induction.top(1)[0]
+    assert prediction.source_of(layer, head) == np.unravel_index(np.argmax(expected[:, :, layer, head]), (3, 6))
+
+
+def test_prediction_records_its_method_and_legacy_method_is_reachable():
+    model = random_transformer(n_layers=3)
+    new = predict_induction(model, n_tokens=64, token_seed=3, rope_offsets=(4, 64))
+    assert (new.method, new.settings.n_tokens, new.settings.token_seed, new.settings.rope_offsets) == ("kcomp-token-z", 64, 3, (4, 64))
+    assert new.preprocessing.rope_offsets == (4, 64)
+    old = predict_induction(model, method="ov-kcomp-eigen")
+    assert old.method == "ov-kcomp-eigen" and old.settings.rope_offsets is None
+    # the old score: K-composition ratio x eigenvalue term x OV copying, each clipped at 0
+    expected = old.k_composition.ratio() * np.clip(np.nan_to_num(old.token_terms), 0, None) * np.clip(old.ov_copying.scores, 0, None)[None, None]
+    np.testing.assert_allclose(old.predicted_induction.scores, expected.max(axis=(0, 1)), rtol=1e-5)
+    np.testing.assert_allclose(new.ov_copying.scores, old.ov_copying.scores, atol=1e-5)  # same diagnostic column
+    with pytest.raises(ValueError, match="unknown prediction method"):
+        predict_induction(model, method="eigen")
+
+
+def test_blown_up_standins_are_dropped_not_propagated():
+    model = random_transformer(n_layers=3)
+    embed = model.embed[...]
+    model.embed[...] = embed.at[5].multiply(1e6)  # one token whose residual is a million times the rest
+    ids = np.arange(model.config.vocab_size)
+    prediction = predict_induction(model, n_tokens=len(ids))
+    assert np.isfinite(prediction.token_terms).all()
+    reference = predict_induction(random_transformer(n_layers=3), n_tokens=len(ids))
+    assert not np.allclose(prediction.token_terms, reference.token_terms)  # token 5 really was in the sample
+    assert np.isfinite(reference.token_terms).all()
+
+
+def test_circuits_analysis_face_streams_a_checkpoint(make_llama):
+    import circuits
+    import circuits.analysis
+
+    directory, _ = make_llama("hf", num_hidden_layers=3)
+    prediction = circuits.analysis.predict_induction(circuits.open_weights(directory), n_tokens=64)
+    assert prediction.predicted_induction.scores.shape == (3, 8)
+    assert prediction.source_heads.shape == (3, 8, 2) and (prediction.source_heads[0] == -1).all()
+    assert prediction.predicted_induction.scores[0].max() == 0  # nothing earlier for layer 0 to read
