@@ -4,8 +4,9 @@
 
 1. Writes a random bf16 checkpoint with Llama-3-8B shapes (32 layers, 32 heads, 8 KV heads,
    d_model 4096, MLP 14336, vocab 128256; about 16 GB for 32 layers), one shard per layer.
-2. Times OV copying scores + all three composition tensors streamed from it; prints wall time
-   and peak RSS.
+2. Times OV copying scores + all three composition tensors streamed from it, then the weight-only
+   induction prediction (``predict_induction``: RoPE-averaged K-composition and token-level terms on
+   1024 MLP stand-ins, OV copying as a diagnostic); prints wall times and peak RSS.
 3. On a smaller model (SmolLM2-135M shapes, ``--naive-layers`` layers) times the same scores
    written the naive TransformerLens way (every query head expanded, dense M x M OV/QK
    matrices, SVD-based Frobenius norms) against ours, as a ratio.
@@ -27,6 +28,7 @@ import numpy as np
 from safetensors.numpy import save_file
 
 from circuits.analysis.composition import composition_tensors
+from circuits.analysis.induction import predict_induction
 from circuits.analysis.ov import ov_copying_scores
 from circuits.convert import HFCheckpoint
 
@@ -123,7 +125,11 @@ def main() -> None:
     args = parser.parse_args()
     if args.analyze:
         seconds = ours(HFCheckpoint(args.analyze))
-        print(f"8B shapes: OV + Q/K/V composition {seconds:.1f} s, peak RSS of the analysing process {peak_rss_gb():.2f} GB")
+        print(f"8B shapes: OV + Q/K/V composition {seconds:.1f} s, peak RSS so far {peak_rss_gb():.2f} GB", flush=True)
+        start = time.perf_counter()
+        predict_induction(HFCheckpoint(args.analyze), show_progress=True)
+        print(f"8B shapes: predict_induction {time.perf_counter() - start:.1f} s, "
+              f"peak RSS of the analysing process {peak_rss_gb():.2f} GB")
         return
     with tempfile.TemporaryDirectory(dir=args.scratch) as scratch:
         big = Path(scratch) / "llama3-8b-shapes"

@@ -56,7 +56,6 @@ class TrainSettings:
     vocab_size: int = 64  # repeat task
     min_length: int = 8  # repeat task
     max_length: int = 16  # repeat task
-    branching: int = 0  # repeat task: > 0 draws the text from a sparse Markov chain, loss everywhere
 
     def __post_init__(self):
         problems = []
@@ -77,7 +76,7 @@ class TrainSettings:
     def formation_task(self) -> FewShotTask | RepeatTask:
         if self.task == "fewshot":
             return FewShotTask(self.n_classes, self.n_labels, self.n_pairs, self.noise, self.seed)
-        return RepeatTask(self.vocab_size, self.min_length, self.max_length, self.branching, self.seed)
+        return RepeatTask(self.vocab_size, self.min_length, self.max_length)
 
     def model_config(self) -> ModelConfig:
         """The pre-norm RoPE model (untied unembedding): attention-only by default, Llama-style with

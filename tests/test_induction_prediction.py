@@ -117,3 +117,31 @@ def test_circuits_analysis_face_streams_a_checkpoint(make_llama):
     assert prediction.predicted_induction.scores.shape == (3, 8)
     assert prediction.source_heads.shape == (3, 8, 2) and (prediction.source_heads[0] == -1).all()
     assert prediction.predicted_induction.scores[0].max() == 0  # nothing earlier for layer 0 to read
+
+
+def test_second_testbed_trained_llama_with_mlp_and_gqa():
+    """A model this project trains itself (4 layers, SwiGLU MLPs, RoPE, 8 query / 2 KV heads) on repeated
+    segments until induction heads form: the weights alone rank its measured induction heads first."""
+    from circuits.analysis.agreement import precision_at_k, spearman, top_heads
+    from circuits.analysis.attention_scores import attention_scores
+    from circuits.analysis.clamps import Clamp
+    from circuits.analysis.repeated_tokens import repeated_random_tokens
+    from circuits.training import TrainSettings, Trainer
+
+    settings = TrainSettings(task="repeat", steps=600, batch_size=32, eval_every=100, checkpoint_every=100, d_model=128,
+                             n_layers=4, n_heads=8, n_kv_heads=2, d_mlp=256, vocab_size=128, min_length=16, max_length=24)
+    trainer = Trainer(settings, Clamp())
+    trainer.train()
+    model = trainer.model
+    assert model.config.n_kv_heads == 2 and not model.config.attention_only
+    measured = attention_scores(model, repeated_random_tokens(model.config, batch=16, length=20, seed=3))
+    prefix, previous = measured["prefix_matching"].scores, measured["previous_token"].scores
+    inducting = int((prefix > 0.5).sum())
+    assert inducting >= 2, prefix.round(2)  # training did form induction heads
+    prediction = predict_induction(model)
+    predicted = prediction.predicted_induction.scores
+    figures = precision_at_k(predicted, prefix, inducting), spearman(predicted, prefix)
+    print(f"testbed: {inducting} measured induction heads, precision@{inducting} {figures[0]:.2f}, Spearman {figures[1]:.3f}")
+    assert figures[0] >= 0.8 and figures[1] >= 0.5, figures
+    for layer, head in top_heads(predicted, inducting):
+        assert previous[prediction.source_of(layer, head)] >= 0.5  # each names a measured previous-token head
