@@ -10,9 +10,7 @@ progress measures read one structure:
   sequence (so only in-context learning solves it), and the query from one context class.
   The loss is on the query position only.
 - ``repeat``: BOS, random filler, then a random block of varying length repeated twice;
-  next-token loss on the second repeat. With ``branching`` > 0 the text is a sparse Markov chain
-  (each token has ``branching`` fixed successors) and the loss is on every position: bigram
-  statistics pay everywhere, induction only on the second repeat, as in natural text.
+  next-token loss on the second repeat.
 """
 
 from __future__ import annotations
@@ -152,37 +150,11 @@ class RepeatTask:
     vocab_size: int = 64
     min_length: int = 8
     max_length: int = 16
-    branching: int = 0  # 0: uniform random tokens; > 0: a sparse Markov chain, loss everywhere
-    table_seed: int = 0
     name: str = "repeat"
 
     def __post_init__(self):
         if not 2 <= self.min_length <= self.max_length:
             raise ValueError(f"need 2 <= min_length <= max_length, got {self.min_length}, {self.max_length}")
-        if not 0 <= self.branching < self.vocab_size - 1:
-            raise ValueError(f"need 0 <= branching < vocab_size - 1, got {self.branching}")
-
-    def successors(self) -> jax.Array:
-        """int32[V, branching]: the fixed successors of each token in the Markov chain (tokens 1 .. V - 1)."""
-        keys = jax.random.split(jax.random.key(self.table_seed), self.vocab_size)
-        choose = jax.vmap(lambda key: jax.random.choice(key, self.vocab_size - 1, (self.branching,), replace=False) + 1)
-        return choose(keys).astype(jnp.int32)
-
-    def _text(self, key: jax.Array, shape: tuple[int, int]) -> jax.Array:
-        """int32[B, T] tokens in 1 .. V - 1: uniform, or a Markov chain when ``branching`` > 0."""
-        if not self.branching:
-            return jax.random.randint(key, shape, 1, self.vocab_size)
-        start_key, step_key = jax.random.split(key)
-        successors = self.successors()
-        first = jax.random.randint(start_key, (shape[0],), 1, self.vocab_size)
-        choices = jax.random.randint(step_key, (shape[1] - 1, shape[0]), 0, self.branching)
-
-        def step(token, choice):
-            following = successors[token, choice]
-            return following, following
-
-        _, rest = jax.lax.scan(step, first, choices)
-        return jnp.concatenate([first[:, None], rest.T], axis=1).astype(jnp.int32)
 
     @property
     def seq_len(self) -> int:
@@ -202,18 +174,17 @@ class RepeatTask:
         length_key, block_key, filler_key = jax.random.split(key, 3)
         n = jax.random.randint(length_key, (batch_size, 1), self.min_length, self.max_length + 1)  # [B, 1]
         start = 1 + 2 * (self.max_length - n)  # first position of the first block
-        block = self._text(block_key, (batch_size, self.max_length))
-        filler = self._text(filler_key, (batch_size, t))
+        block = jax.random.randint(block_key, (batch_size, self.max_length), 1, self.vocab_size)
+        filler = jax.random.randint(filler_key, (batch_size, t), 1, self.vocab_size)
         positions = jnp.arange(t)[None, :]
         in_blocks = positions >= start
         repeated = jnp.take_along_axis(block, jnp.where(in_blocks, (positions - start) % n, 0), axis=1)
         tokens = jnp.where(positions == 0, 0, jnp.where(in_blocks, repeated, filler)).astype(jnp.int32)
         targets = jnp.concatenate([tokens[:, 1:], jnp.zeros((batch_size, 1), jnp.int32)], axis=1)
-        second_repeat = (positions >= start + n) & (positions < t - 1)
-        loss_mask = (positions < t - 1) & (self.branching > 0) | second_repeat
+        loss_mask = (positions >= start + n) & (positions < t - 1)
         correct = jnp.arange(t)[None, None, :] == (positions - n + 1)[:, :, None]  # key after the earlier occurrence
         first_block = (positions >= start) & (positions < start + n)  # [B, S]
-        rows = second_repeat[:, :, None]
+        rows = loss_mask[:, :, None]
         return TaskBatch(
             tokens=tokens,
             exemplars=None,
