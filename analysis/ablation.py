@@ -1,9 +1,11 @@
-"""Head ablation and attention knockout sweeps, each ONE jitted program over a stack of head sets.
+"""Head ablation and attention knockout sweeps that pay only for what changes, and their gradient estimates.
 
-A sweep maps the model's forward over ``n`` head sets with ``lax.map`` in chunks of
-``chunk`` (vmapped inside a chunk), reducing each forward to a masked mean loss at once,
-so only ``chunk`` sets of logits exist at any time. Changing which heads are ablated
-never recompiles: head sets are data.
+:func:`sweep_losses` runs the clean forward once, keeps the residual stream at every layer's input,
+and runs each head set only from its lowest touched layer upward (sets grouped by that layer,
+vmapped in chunks, one compiled program for every start layer); only the loss positions are
+unembedded. Head sets are data: changing them never recompiles.
+:func:`estimate_sweep_losses` gives the first-order estimate of every set from one forward and one
+backward (attribution patching): interventions are data, so gradients flow into them.
 """
 
 from __future__ import annotations
@@ -17,10 +19,10 @@ import jax.numpy as jnp
 import numpy as np
 from flax import nnx
 
-from circuits.analysis.losses import masked_mean_loss
 from circuits.models.config import ModelConfig
 from circuits.models.interventions import Interventions
 from circuits.models.transformer import Transformer
+from circuits.progress import progress
 
 LOGITS_BUDGET_BYTES = 2 * 1024**3
 """Default chunk size keeps the float32 logits of one chunk (and their softmax) under this."""
@@ -60,18 +62,77 @@ def mean_head_outputs(model: Transformer, tokens) -> jax.Array:
     return _mean_z(model, jnp.asarray(tokens, jnp.int32))
 
 
-@functools.partial(jax.jit, static_argnames=("graphdef", "chunk"))
-def _sweep(graphdef: nnx.GraphDef, state: nnx.State, tokens, loss_mask, base: Interventions, ablate, knock_out, chunk):
-    def one(sets):
-        model = nnx.merge(graphdef, jax.tree.map(lambda x: x, state))  # new Variables, owned by the mapped trace
-        ablate_i, knock_i = sets
+@jax.tree_util.register_dataclass
+@dataclasses.dataclass(frozen=True)
+class SweepData:
+    """Tokens int32[B, T], the loss positions int32[P] (columns where any row's mask is set), their
+    targets int32[B, P] and weights f32[B, P] (the mask there)."""
+
+    tokens: jax.Array
+    positions: jax.Array
+    targets: jax.Array
+    weights: jax.Array
+
+    @classmethod
+    def make(cls, tokens, loss_mask) -> "SweepData":
+        tokens = np.asarray(tokens, np.int32)
+        mask = np.broadcast_to(np.asarray(loss_mask, bool), (tokens.shape[0], tokens.shape[1] - 1))
+        positions = np.nonzero(mask.any(axis=0))[0].astype(np.int32)
+        return cls(
+            jnp.asarray(tokens), jnp.asarray(positions), jnp.asarray(tokens[:, positions + 1]),
+            jnp.asarray(mask[:, positions], jnp.float32),
+        )
+
+
+def _loss_at_positions(model: Transformer, residual: jax.Array, data: SweepData) -> jax.Array:
+    """Mean next-token loss (nats) from the final residual [B, T, M], unembedding only the loss positions."""
+    logits = model.residual_logits(residual[:, data.positions])  # [B, P, V]
+    log_probs = jax.nn.log_softmax(logits, axis=-1)
+    losses = -jnp.take_along_axis(log_probs, data.targets[..., None], axis=-1)[..., 0]
+    return (losses * data.weights).sum() / jnp.maximum(data.weights.sum(), 1.0)
+
+
+@nnx.jit
+def _clean_residuals(model: Transformer, tokens: jax.Array) -> jax.Array:
+    """f32[L, B, T, M]: the clean residual stream at the input of every layer."""
+    _, captured = model.forward(tokens, capture=("resid_pre",))
+    return captured["resid_pre"]
+
+
+@functools.partial(jax.jit, static_argnames="graphdef")
+def _sweep_chunk(graphdef, state, residual, first_layer, data: SweepData, base: Interventions, ablate, knock_out):
+    """Losses f32[c] of c head sets that all leave layers < ``first_layer`` untouched, run from the clean
+    ``residual`` [B, T, M] at that layer's input (``first_layer`` is traced: one program for every layer)."""
+
+    def one(ablate_i, knock_i):
+        model = nnx.merge(graphdef, state)
         interventions = base.ablate(ablate_i)
         if knock_i is not None:
             interventions = dataclasses.replace(interventions, knockout_heads=knock_i)
-        logits, _ = model.forward(tokens, interventions)
-        return masked_mean_loss(logits, tokens, loss_mask)
+        return _loss_at_positions(model, model.run_layers_from(residual, first_layer, interventions), data)
 
-    return jax.lax.map(one, (ablate, knock_out), batch_size=chunk)
+    return jax.vmap(one)(ablate, knock_out)
+
+
+def _intervention_base(config: ModelConfig, sets: np.ndarray, knock_out, edges, replacement) -> Interventions:
+    base = Interventions.none(config)
+    if replacement is not None:
+        base = dataclasses.replace(base, head_replacement=jnp.asarray(replacement, jnp.float32))
+    if knock_out is not None:
+        if edges is None:
+            raise ValueError("knock_out needs the edges to knock out (bool[B, T, S]); see circuits.analysis.targets")
+        base = base.knock_out(jnp.asarray(edges, bool), jnp.zeros(sets.shape[1:], bool))
+    base.check(config)
+    return base
+
+
+def _chunk_size(config: ModelConfig, data: SweepData, largest_group: int, chunk: int | None) -> int:
+    """Sets per program call: what the logits budget allows, balanced so a layer's group splits evenly."""
+    if chunk is None:
+        per_set = 3 * int(data.targets.size) * config.vocab_size * 4
+        chunk = max(1, LOGITS_BUDGET_BYTES // per_set)
+    calls = -(-largest_group // chunk)
+    return max(1, -(-largest_group // calls))
 
 
 def sweep_losses(
@@ -84,29 +145,82 @@ def sweep_losses(
     edges=None,
     replacement=None,
     chunk: int | None = None,
+    show_progress: bool | None = None,
 ) -> np.ndarray:
-    """f32[n]: mean next-token loss (nats, where ``loss_mask`` bool[T-1] is True) for each of n interventions.
+    """f32[n]: mean next-token loss (nats, where ``loss_mask`` bool[T-1] or [B, T-1] is True) for each of n
+    interventions.
 
     ablate: bool[n, L, K, G] heads to ablate in set i (zero ablation, or mean ablation with
         ``replacement`` f32[L, K, G, D], e.g. :func:`mean_head_outputs`);
     knock_out: bool[n, L, K, G] heads in which ``edges`` bool[B, T, S] are knocked out in set i.
+
+    Pays only for what changes: one clean forward keeps the residual stream at every layer's input;
+    each set then runs only from its lowest touched layer upward (sets grouped by that layer, ``chunk``
+    sets vmapped per call, one compiled program for all layers), and only the loss positions are
+    unembedded. ``show_progress``: a bar with an ETA (default: on for more than 8 sets).
     """
     config = model.config
-    tokens = jnp.asarray(tokens, jnp.int32)
-    sets = next(np.asarray(x) for x in (ablate, knock_out) if x is not None)
+    data = SweepData.make(tokens, loss_mask)
+    sets = next(np.asarray(x, bool) for x in (ablate, knock_out) if x is not None)
     n = sets.shape[0]
-    ablate = jnp.zeros((n,) + sets.shape[1:], bool) if ablate is None else jnp.asarray(ablate, bool)
-    base = Interventions.none(config)
-    if replacement is not None:
-        base = dataclasses.replace(base, head_replacement=jnp.asarray(replacement, jnp.float32))
-    if knock_out is not None:
-        if edges is None:
-            raise ValueError("knock_out needs the edges to knock out (bool[B, T, S]); see circuits.analysis.targets")
-        base = base.knock_out(jnp.asarray(edges, bool), jnp.zeros(sets.shape[1:], bool))
-        knock_out = jnp.asarray(knock_out, bool)
-    base.check(config)
-    if chunk is None:
-        per_forward = 3 * tokens.size * config.vocab_size * 4
-        chunk = int(max(1, min(n, LOGITS_BUDGET_BYTES // per_forward)))
+    ablate = np.zeros_like(sets) if ablate is None else np.asarray(ablate, bool)
+    base = _intervention_base(config, sets, knock_out, edges, replacement)
+    touched = ablate | (np.asarray(knock_out, bool) if knock_out is not None else False)
+    touched_layers = touched.reshape(n, config.n_layers, -1).any(axis=-1)
+    first_layers = np.where(touched_layers.any(axis=1), touched_layers.argmax(axis=1), config.n_layers)
+    residuals = _clean_residuals(model, data.tokens)
     graphdef, state = nnx.split(model)
-    return np.asarray(_sweep(graphdef, state, tokens, jnp.asarray(loss_mask, bool), base, ablate, knock_out, chunk))
+    groups = {layer: np.nonzero(first_layers == layer)[0] for layer in np.unique(first_layers)}
+    size = _chunk_size(config, data, max(len(members) for members in groups.values()), chunk)
+    calls = [(layer, members[i : i + size]) for layer, members in groups.items() for i in range(0, len(members), size)]
+    if show_progress is None:
+        show_progress = n > 8
+    losses = np.zeros(n, np.float32)
+    for layer, members in progress(calls, f"sweep over {n} head sets", enabled=show_progress):
+        padded = np.resize(members, size)  # a full chunk (repeating members), so every call has one shape
+        knock = None if knock_out is None else jnp.asarray(np.asarray(knock_out, bool)[padded])
+        start = min(int(layer), config.n_layers - 1)  # untouched sets run the last layer, unchanged
+        result = _sweep_chunk(graphdef, state, residuals[start], jnp.int32(start), data, base, jnp.asarray(ablate[padded]), knock)
+        losses[members] = np.asarray(result)[: len(members)]
+    return losses
+
+
+def estimate_sweep_losses(
+    model: Transformer, tokens, loss_mask, *, ablate=None, knock_out=None, edges=None, replacement=None
+) -> np.ndarray:
+    """f32[n]: first-order estimates of :func:`sweep_losses` for every set at once (attribution patching).
+
+    One forward and one backward: the loss's gradient with respect to each head's output scale (and, with
+    ``knock_out``, to each head's knockout gate) at the clean point; a set's estimate is the clean loss
+    plus the summed linear change of its heads. Exact for one head where the loss is linear in its output.
+    """
+    config = model.config
+    data = SweepData.make(tokens, loss_mask)
+    sets = next(np.asarray(x, bool) for x in (ablate, knock_out) if x is not None)
+    base = _intervention_base(config, sets, knock_out, edges, replacement)
+    if knock_out is not None:
+        base = dataclasses.replace(base, knockout_heads=jnp.zeros(sets.shape[1:], jnp.float32))
+    graphdef, state = nnx.split(model)
+    clean, (scale_grad, gate_grad) = _loss_gradients(graphdef, state, data, base)
+    change = np.zeros(sets.shape[0], np.float64)
+    if ablate is not None:  # scale 1 -> 0: change = -dL/ds
+        change -= np.einsum("nlkg,lkg->n", np.asarray(ablate, np.float64), np.asarray(scale_grad, np.float64))
+    if knock_out is not None:  # gate 0 -> 1: change = +dL/dgate
+        change += np.einsum("nlkg,lkg->n", np.asarray(knock_out, np.float64), np.asarray(gate_grad, np.float64))
+    return (float(clean) + change).astype(np.float32)
+
+
+@functools.partial(jax.jit, static_argnames="graphdef")
+def _loss_gradients(graphdef, state, data: SweepData, base: Interventions):
+    """(clean loss, (d loss / d head_scale [L, K, G], d loss / d knockout gate [L, K, G] or None))."""
+
+    def loss(scale, gate):
+        interventions = dataclasses.replace(base, head_scale=scale, knockout_heads=gate)
+        logits, _ = nnx.merge(graphdef, jax.tree.map(lambda x: x, state)).forward(data.tokens, interventions)  # Variables of this trace
+        log_probs = jax.nn.log_softmax(logits[:, data.positions], axis=-1)
+        losses = -jnp.take_along_axis(log_probs, data.targets[..., None], axis=-1)[..., 0]
+        return (losses * data.weights).sum() / jnp.maximum(data.weights.sum(), 1.0)
+
+    argnums = (0,) if base.knockout_heads is None else (0, 1)
+    value, grads = jax.value_and_grad(loss, argnums=argnums)(base.head_scale, base.knockout_heads)
+    return value, (grads[0], grads[1] if len(grads) > 1 else None)

@@ -23,6 +23,7 @@ from circuits.analysis.targets import (
     induction_targets,
     previous_token_targets,
 )
+from circuits.models.layers import einsum
 from circuits.models.transformer import Transformer
 
 ATTENTION_SCORES = {
@@ -101,8 +102,8 @@ def _direct_copying(model: Transformer, tokens: jax.Array, positions: tuple[int,
 
     def layer_share(args):
         z_l, wo_l, attended_l = args  # [B, Q, K, G, D], [K, G, D, M], [B, K, G, Q]
-        out = jnp.einsum("bqkgd,kgdm->bkgqm", z_l, wo_l.astype(jnp.float32))
-        positive = jax.nn.relu(jnp.einsum("bkgqm,mbs->bkgqs", out, context_unembed))  # direct logits of context tokens
+        out = einsum("bqkgd,kgdm->bkgqm", z_l, wo_l.astype(jnp.float32))
+        positive = jax.nn.relu(einsum("bkgqm,mbs->bkgqs", out, context_unembed))  # direct logits of context tokens
         mass = jnp.where(first_copy[:, None, None, None, :] & causal[None, None, None], positive, 0.0).sum(-1)
         on_attended = jnp.take_along_axis(positive, attended_l[..., None], axis=-1)[..., 0]
         return (on_attended / jnp.maximum(mass, 1e-30)).mean(axis=(0, 3))  # [K, G]

@@ -22,6 +22,7 @@ from circuits.analysis.results import CompositionScores
 from circuits.analysis.rope_average import rope_average
 from circuits.analysis.weights import AttentionWeights, WeightReader, gram_factor
 from circuits.convert.build import TensorSource
+from circuits.models.layers import einsum
 from circuits.models.config import ModelConfig
 from circuits.progress import progress
 
@@ -32,22 +33,22 @@ CHUNK_BYTES = 512 * 2**20  # bound on one block's intermediate product
 @jax.jit
 def left_factors(w: AttentionWeights) -> jax.Array:
     """F [N, D, M] with F_j = L_V^T W_O^j, L_V L_V^T = W_V^T W_V of head j's KV group; ||F_j||_F = ||OV_j||_F."""
-    value_factor = gram_factor(jnp.einsum("mkd,mke->kde", w.wv, w.wv))
+    value_factor = gram_factor(einsum("mkd,mke->kde", w.wv, w.wv))
     k, g, d, m = w.wo.shape
-    return jnp.einsum("kde,kgdm->kgem", value_factor, w.wo).reshape(k * g, d, m)
+    return einsum("kde,kgdm->kgem", value_factor, w.wo).reshape(k * g, d, m)
 
 
 @functools.partial(jax.jit, static_argnames="kind")
 def later_norms(w: AttentionWeights, kind: str) -> jax.Array:
     """||B_i||_F [N] for the later heads: via sum(Gram * Gram), no M x M matrix."""
     if kind == "v":
-        value_gram = jnp.einsum("mkd,mke->kde", w.wv, w.wv)
-        output_gram = jnp.einsum("kgdm,kgem->kgde", w.wo, w.wo)
-        squared = jnp.einsum("kde,kgde->kg", value_gram, output_gram)
+        value_gram = einsum("mkd,mke->kde", w.wv, w.wv)
+        output_gram = einsum("kgdm,kgem->kgde", w.wo, w.wo)
+        squared = einsum("kde,kgde->kg", value_gram, output_gram)
     else:
-        query_gram = jnp.einsum("mkgd,mkge->kgde", w.wq, w.wq)
-        key_gram = jnp.einsum("mkd,mke->kde", w.wk, w.wk)
-        squared = jnp.einsum("kgde,kde->kg", query_gram, key_gram)
+        query_gram = einsum("mkgd,mkge->kgde", w.wq, w.wq)
+        key_gram = einsum("mkd,mke->kde", w.wk, w.wk)
+        squared = einsum("kgde,kde->kg", query_gram, key_gram)
     return jnp.sqrt(jnp.maximum(squared, 0.0)).reshape(-1)
 
 
@@ -59,20 +60,20 @@ def squared_product_norms(left: jax.Array, w: AttentionWeights, kind: str, produ
     accumulate in float32; everything else is float32.
     """
     def contract(spec, a, b):
-        return jnp.einsum(spec, a.astype(product_dtype), b.astype(product_dtype), preferred_element_type=jnp.float32)
+        return einsum(spec, a.astype(product_dtype), b.astype(product_dtype), preferred_element_type=jnp.float32)
 
     if kind == "q":
-        key_factor = gram_factor(jnp.einsum("mkd,mke->kde", w.wk, w.wk))
-        right = jnp.einsum("mkgd,kde->mkge", w.wq, key_factor)
+        key_factor = gram_factor(einsum("mkd,mke->kde", w.wk, w.wk))
+        right = einsum("mkgd,kde->mkge", w.wq, key_factor)
         product = contract("jdm,mkge->jkgde", left, right)
     else:
         shared, gram = (
-            (w.wk, jnp.einsum("mkgd,mkge->kgde", w.wq, w.wq))
+            (w.wk, einsum("mkgd,mkge->kgde", w.wq, w.wq))
             if kind == "k"
-            else (w.wv, jnp.einsum("kgdm,kgem->kgde", w.wo, w.wo))
+            else (w.wv, einsum("kgdm,kgem->kgde", w.wo, w.wo))
         )
         per_kv = contract("jdm,mke->jkde", left, shared)
-        product = jnp.einsum("jkde,kgef->jkgdf", per_kv, gram_factor(gram))
+        product = einsum("jkde,kgef->jkgdf", per_kv, gram_factor(gram))
     squared = jnp.sum(product * product, axis=(-2, -1))
     return squared.reshape(left.shape[0], -1)
 
@@ -162,7 +163,7 @@ def rotate_keys(w: AttentionWeights, rotation: jax.Array | None) -> AttentionWei
     """``w`` with W_K replaced by W_K R_bar^T (so W_Q W_K'^T = W_Q R_bar W_K^T); unchanged for None."""
     if rotation is None:
         return w
-    wk = jnp.einsum("mkd,ed->mke", w.wk, rotation, precision=jax.lax.Precision.HIGHEST)
+    wk = einsum("mkd,ed->mke", w.wk, rotation)
     return dataclasses.replace(w, wk=wk)
 
 

@@ -27,7 +27,7 @@ from circuits.analysis.clamps import Clamp
 from circuits.analysis.composition import composition_scores
 from circuits.analysis.formation_tasks import TaskBatch
 from circuits.analysis.targets import attention_share, previous_token_targets
-from circuits.models.layers import rms_norm
+from circuits.models.layers import einsum, rms_norm
 from circuits.models.transformer import Transformer
 
 
@@ -49,10 +49,10 @@ def _per_key_share(patterns: jax.Array, keys: jax.Array, rows: jax.Array) -> jax
 
     patterns f32[B, K, G, T, S] of one layer.
     """
-    on_keys = jnp.einsum("bkgts,bts->bkgt", patterns, keys.astype(patterns.dtype))
+    on_keys = einsum("bkgts,bts->bkgt", patterns, keys.astype(patterns.dtype))
     per_key = on_keys / jnp.maximum(keys.sum(-1), 1)[:, None, None, :]
     weights = rows.astype(patterns.dtype)
-    return jnp.einsum("bkgt,bt->kg", per_key, weights) / jnp.maximum(weights.sum(), 1.0)
+    return einsum("bkgt,bt->kg", per_key, weights) / jnp.maximum(weights.sum(), 1.0)
 
 
 def attention_measures(patterns: jax.Array, batch: TaskBatch) -> dict[str, jax.Array]:
@@ -77,15 +77,15 @@ def copy_scores(model: Transformer, captured: dict[str, jax.Array], batch: TaskB
     normed = rms_norm(captured["resid_pre"][-1], model.blocks.attn_norm[...][-1], config.rms_norm_eps)
     correct_key = jnp.argmax(batch.correct_keys, axis=-1)  # [B, T]
     at_key = jnp.take_along_axis(normed, correct_key[..., None], axis=1)  # [B, T, M]
-    values = jnp.einsum("btm,mkd->btkd", at_key, model.blocks.attn.wv[...][-1])
-    outputs = jnp.einsum("btkd,kgdm->btkgm", values, model.blocks.attn.wo[...][-1]).astype(jnp.float32)
+    values = einsum("btm,mkd->btkd", at_key, model.blocks.attn.wv[...][-1])
+    outputs = einsum("btkd,kgdm->btkgm", values, model.blocks.attn.wo[...][-1]).astype(jnp.float32)
     final = captured["resid_post"][-1].astype(jnp.float32)
     inverse_rms = jax.lax.rsqrt(jnp.mean(final * final, axis=-1) + config.rms_norm_eps)  # [B, T]
     unembed = (model.final_norm[...][:, None] * model.unembedding()).astype(jnp.float32)  # [M, V]
     target_direction = jnp.take(unembed, batch.targets, axis=1) - unembed.mean(axis=1)[:, None, None]  # [M, B, T]
-    margins = jnp.einsum("btkgm,mbt->btkg", outputs, target_direction) * inverse_rms[:, :, None, None]
+    margins = einsum("btkgm,mbt->btkg", outputs, target_direction) * inverse_rms[:, :, None, None]
     rows = batch.loss_mask.astype(jnp.float32)
-    return (jnp.einsum("btkg,bt->kg", margins, rows) / jnp.maximum(rows.sum(), 1.0)).reshape(-1)
+    return (einsum("btkg,bt->kg", margins, rows) / jnp.maximum(rows.sum(), 1.0)).reshape(-1)
 
 
 @dataclasses.dataclass(frozen=True)

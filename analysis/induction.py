@@ -42,10 +42,10 @@ from circuits.analysis.rope_average import DEFAULT_OFFSETS, rope_average
 from circuits.analysis.standins import DEFAULT_BLOWUP, DEFAULT_TOKENS, TokenStandins, sample_token_ids
 from circuits.analysis.weights import AttentionWeights, Preprocessing, WeightReader, gram_factor
 from circuits.convert.build import TensorSource
+from circuits.models.layers import einsum
 from circuits.progress import progress
 
 METHODS = ("kcomp-token-z", "ov-kcomp-eigen")
-HIGHEST = jax.lax.Precision.HIGHEST
 def _flat_heads(w: AttentionWeights) -> tuple[jax.Array, jax.Array, jax.Array, jax.Array]:
     """Per flat query head h = k * G + g: W_Q [N, M, D], W_K [N, M, D], W_V [N, M, D], W_O [N, D, M]."""
     m, k, g, d = w.wq.shape
@@ -62,9 +62,9 @@ def virtual_qk_cores(
     """f32[P, D, D] for head pairs (earlier head js[p], later head is_[p]): (W_O^j W_K^i)^T W_V^jT (W_E^T W_E) W_Q^i."""
     _, _, wv1, wo1 = _flat_heads(earlier)
     wq2, wk2, _, _ = _flat_heads(later)
-    output_key = jnp.einsum("pdm,pme->pde", wo1[js], wk2[is_])
-    value_query = jnp.einsum("pmd,mn,pne->pde", wv1[js], embed_gram, wq2[is_])
-    return jnp.einsum("pde,pdf->pef", output_key, value_query)
+    output_key = einsum("pdm,pme->pde", wo1[js], wk2[is_])
+    value_query = einsum("pmd,mn,pne->pde", wv1[js], embed_gram, wq2[is_])
+    return einsum("pde,pdf->pef", output_key, value_query)
 
 
 def token_k_composition(
@@ -133,7 +133,7 @@ class LaterHeads:
 
 
 def _einsum(spec: str, *operands: jax.Array) -> jax.Array:
-    return jnp.einsum(spec, *operands, precision=HIGHEST, preferred_element_type=jnp.float32)
+    return einsum(spec, *operands, preferred_element_type=jnp.float32)
 
 
 @jax.jit
@@ -159,10 +159,7 @@ def _edge_terms(earlier: EarlierHeads, later: LaterHeads, keep: jax.Array) -> tu
     """(K-composition f32[A, G, K, G'], token z-score f32[A, G, K, G']) of every earlier head (a, g) into
     every later head (k, g'); ``keep`` bool[n] marks the stand-ins in use."""
     dtype = earlier.wo.dtype
-    output_key = jnp.einsum(  # P = W_O^j W_K'^i: the only M-long contraction
-        "agdm,mke->agkde", earlier.wo, later.wk.astype(dtype), preferred_element_type=jnp.float32,
-        precision=HIGHEST,
-    )
+    output_key = _einsum("agdm,mke->agkde", earlier.wo, later.wk.astype(dtype))  # P = W_O^j W_K'^i: the M-long product
 
     left = _einsum("adx,agkdy->agkxy", earlier.value_factor, output_key)  # ||L_V^T P L_Q||_F
     k_composition = jnp.sqrt(jnp.sum(jnp.square(_einsum("agkxy,khyz->agkhxz", left, later.query_factor)), axis=(-2, -1)))

@@ -9,6 +9,7 @@ import numpy as np
 from circuits.analysis.results import HeadScores
 from circuits.analysis.weights import WeightReader
 from circuits.convert.build import TensorSource
+from circuits.models.layers import einsum
 from circuits.progress import progress
 
 
@@ -16,8 +17,8 @@ from circuits.progress import progress
 def ov_circuit_cores(unembed_embed: jax.Array, wv: jax.Array, wo: jax.Array) -> jax.Array:
     """f32[K, G, D, D]: W_O[k, g] (W_U W_E) W_V[k], whose eigenvalues are the nonzero ones of the V x V
     full OV circuit W_E W_V W_O W_U. ``P @ W_V[k]`` is formed once per KV head and shared by its G heads."""
-    shared = jnp.einsum("mn,nkd->mkd", unembed_embed, wv)
-    return jnp.einsum("kgdm,mke->kgde", wo, shared)
+    shared = einsum("mn,nkd->mkd", unembed_embed, wv)
+    return einsum("kgdm,mke->kgde", wo, shared)
 
 
 def ov_eigenvalues(unembed_embed: jax.Array, wv: jax.Array, wo: jax.Array) -> np.ndarray:

@@ -10,6 +10,8 @@ from __future__ import annotations
 import jax
 import jax.numpy as jnp
 
+from circuits.models.layers import einsum
+
 
 def _positions(tokens: jax.Array) -> tuple[jax.Array, jax.Array]:
     """(t [T, 1], s [1, S]) position grids."""
@@ -64,6 +66,6 @@ def attention_share(patterns: jax.Array, targets: jax.Array) -> jax.Array:
 
     patterns f32[L, B, K, G, T, S] (captured ``attn_pattern``); targets bool[B, T, S].
     """
-    per_query = jnp.einsum("lbkgts,bts->lbkgt", patterns, targets.astype(patterns.dtype))
+    per_query = einsum("lbkgts,bts->lbkgt", patterns, targets.astype(patterns.dtype))
     has_target = targets.any(-1).astype(patterns.dtype)  # [B, T]
-    return jnp.einsum("lbkgt,bt->lkg", per_query, has_target) / jnp.maximum(has_target.sum(), 1.0)
+    return einsum("lbkgt,bt->lkg", per_query, has_target) / jnp.maximum(has_target.sum(), 1.0)

@@ -122,7 +122,7 @@ class WeightReader:
         unembed_sum = jnp.zeros((m,), jnp.float32)
         embed_sum = jnp.zeros((m,), jnp.float32)
         for e, u in self._vocab_chunks():
-            product = product + u @ e
+            product = product + jnp.matmul(u, e, precision=jax.lax.Precision.HIGHEST)
             unembed_sum = unembed_sum + u.sum(axis=1)
             embed_sum = embed_sum + e.sum(axis=0)
         if self.preprocessing.center_unembed:
@@ -134,7 +134,7 @@ class WeightReader:
         m = self.config.d_model
         gram = jnp.zeros((m, m), jnp.float32)
         for e, _ in self._vocab_chunks():
-            gram = gram + e.T @ e
+            gram = gram + jnp.matmul(e.T, e, precision=jax.lax.Precision.HIGHEST)
         return gram
 
 

@@ -121,11 +121,13 @@ def main() -> None:
     parser.add_argument("--layers", type=int, default=32, help="layers of the 8B-shaped checkpoint")
     parser.add_argument("--scratch", default=None, help="where to write checkpoints (default: a temp dir)")
     parser.add_argument("--naive-layers", type=int, default=3, help="0 skips the naive comparison")
+    parser.add_argument("--predict-only", action="store_true", help="time only predict_induction on the 8B shapes")
     parser.add_argument("--analyze", default=None, help=argparse.SUPPRESS)  # internal: analyse DIR in this process
     args = parser.parse_args()
     if args.analyze:
-        seconds = ours(HFCheckpoint(args.analyze))
-        print(f"8B shapes: OV + Q/K/V composition {seconds:.1f} s, peak RSS so far {peak_rss_gb():.2f} GB", flush=True)
+        if not args.predict_only:
+            seconds = ours(HFCheckpoint(args.analyze))
+            print(f"8B shapes: OV + Q/K/V composition {seconds:.1f} s, peak RSS so far {peak_rss_gb():.2f} GB", flush=True)
         start = time.perf_counter()
         predict_induction(HFCheckpoint(args.analyze), show_progress=True)
         print(f"8B shapes: predict_induction {time.perf_counter() - start:.1f} s, "
@@ -137,7 +139,7 @@ def main() -> None:
         write_random_checkpoint(big, args.layers, LLAMA3_8B)
         print(f"wrote {args.layers}-layer Llama-3-8B-shaped bf16 checkpoint in {time.perf_counter() - start:.0f} s")
         # The analysis runs in a fresh process, so its peak RSS is not the writer's.
-        subprocess.run([sys.executable, __file__, "--analyze", str(big)], check=True)
+        subprocess.run([sys.executable, __file__, "--analyze", str(big)] + ["--predict-only"] * args.predict_only, check=True)
         if not args.naive_layers:
             return
 

@@ -244,8 +244,23 @@ def build_parser() -> argparse.ArgumentParser:
     return parser
 
 
+def use_compilation_cache() -> Path:
+    """Keep XLA's compiled programs in ``<cache directory>/xla`` between runs (JAX's persistent
+    compilation cache), so a second cold start of a command skips most compilation."""
+    import jax
+
+    from circuits.named_models import cache_directory
+
+    directory = cache_directory() / "xla"
+    jax.config.update("jax_compilation_cache_dir", str(directory))
+    jax.config.update("jax_persistent_cache_min_compile_time_secs", 0.2)
+    jax.config.update("jax_persistent_cache_min_entry_size_bytes", 0)
+    return directory
+
+
 def main(argv: list[str] | None = None) -> int:
     args = build_parser().parse_args(argv)
+    use_compilation_cache()
     try:
         args.run(args)
     except USER_ERRORS as err:

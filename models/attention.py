@@ -2,6 +2,7 @@
 
 from __future__ import annotations
 
+import contextlib
 import math
 
 import jax
@@ -10,7 +11,7 @@ from flax import nnx
 
 from circuits.models.config import ModelConfig
 from circuits.models.interventions import KNOCKOUT_LOGIT
-from circuits.models.layers import WEIGHT_INIT
+from circuits.models.layers import WEIGHT_INIT, einsum
 from circuits.models.rope import apply_rotary
 
 
@@ -35,33 +36,60 @@ class Attention(nnx.Module):
         sin: jax.Array,
         layer_interventions: dict[str, jax.Array] | None = None,
         knockout_edges: jax.Array | None = None,
-    ) -> tuple[jax.Array, jax.Array, jax.Array]:
-        """x [B, T, M] (already normed) -> (output [B, T, M], pattern f32[B, K, G, T, S], z [B, T, K, G, D]).
+        need_pattern: bool = True,
+    ) -> tuple[jax.Array, jax.Array | None, jax.Array]:
+        """x [B, T, M] (already normed) -> (output [B, T, M], pattern f32[B, K, G, T, S] or None, z [B, T, K, G, D]).
 
         ``layer_interventions``: this layer's slice of :class:`Interventions` (head_scale [K, G],
         head_replacement [K, G, D], knockout_heads [K, G], pattern_override [B, T, S] and
         pattern_heads [K, G]; the optional ones may be None).
+        ``need_pattern``: False when nothing reads or changes the pattern (no capture, knockout or
+        clamp); attention then runs fused (``jax.nn.dot_product_attention``: cuDNN flash attention on
+        GPUs for bf16, XLA elsewhere, GQA without repeating K/V) and the pattern is None.
         """
-        seq_len = x.shape[1]
-        q = apply_rotary(jnp.einsum("btm,mkgd->btkgd", x, self.wq[...]), cos, sin)
-        k = apply_rotary(jnp.einsum("btm,mkd->btkd", x, self.wk[...]), cos, sin)
-        v = jnp.einsum("btm,mkd->btkd", x, self.wv[...])
-
-        logits = jnp.einsum("btkgd,bskd->bkgts", q, k).astype(jnp.float32) / math.sqrt(q.shape[-1])
-        causal = jnp.tril(jnp.ones((seq_len, seq_len), dtype=bool))
-        if knockout_edges is not None and layer_interventions is not None:
-            blocked = knockout_edges[:, None, None, :, :] & layer_interventions["knockout_heads"][None, :, :, None, None]
-            logits = logits + jnp.where(blocked, KNOCKOUT_LOGIT, 0.0)
-        logits = jnp.where(causal, logits, jnp.finfo(jnp.float32).min)
-        pattern = jax.nn.softmax(logits, axis=-1)
-        if layer_interventions is not None and layer_interventions.get("pattern_heads") is not None:
-            clamped = layer_interventions["pattern_heads"][None, :, :, None, None]
-            pattern = jnp.where(clamped, layer_interventions["pattern_override"][:, None, None], pattern)
-
-        z = jnp.einsum("bkgts,bskd->btkgd", pattern.astype(v.dtype), v)
+        q = apply_rotary(einsum("btm,mkgd->btkgd", x, self.wq[...]), cos, sin)
+        k = apply_rotary(einsum("btm,mkd->btkd", x, self.wk[...]), cos, sin)
+        v = einsum("btm,mkd->btkd", x, self.wv[...])
+        if need_pattern:
+            pattern = self._pattern(q, k, layer_interventions, knockout_edges)
+            z = einsum("bkgts,bskd->btkgd", pattern.astype(v.dtype), v)
+        else:
+            pattern, z = None, _fused_attention(q, k, v)
         if layer_interventions is not None:
             scale = layer_interventions["head_scale"][:, :, None]
             replacement = layer_interventions["head_replacement"]
             z = (z.astype(jnp.float32) * scale + (1.0 - scale) * replacement).astype(v.dtype)
-        out = jnp.einsum("btkgd,kgdm->btm", z, self.wo[...])
+        out = einsum("btkgd,kgdm->btm", z, self.wo[...])
         return out, pattern, z
+
+    @staticmethod
+    def _pattern(q, k, layer_interventions, knockout_edges) -> jax.Array:
+        """The materialised causal pattern f32[B, K, G, T, S], with knockouts and clamps applied."""
+        seq_len = q.shape[1]
+        logits = einsum("btkgd,bskd->bkgts", q, k).astype(jnp.float32) / math.sqrt(q.shape[-1])
+        causal = jnp.tril(jnp.ones((seq_len, seq_len), dtype=bool))
+        gate = None if knockout_edges is None or layer_interventions is None else layer_interventions["knockout_heads"]
+        knockout = jnp.where(knockout_edges[:, None, None], KNOCKOUT_LOGIT, 0.0) if gate is not None else None
+        if gate is not None and gate.dtype == jnp.bool_:
+            logits = logits + jnp.where(gate[None, :, :, None, None], knockout, 0.0)
+        pattern = jax.nn.softmax(jnp.where(causal, logits, jnp.finfo(jnp.float32).min), axis=-1)
+        if gate is not None and gate.dtype != jnp.bool_:  # a knockout gate in [0, 1]: mix towards the knocked-out pattern
+            knocked = jax.nn.softmax(jnp.where(causal, logits + knockout, jnp.finfo(jnp.float32).min), axis=-1)
+            pattern = pattern + gate[None, :, :, None, None].astype(jnp.float32) * (knocked - pattern)
+        if layer_interventions is not None and layer_interventions.get("pattern_heads") is not None:
+            clamped = layer_interventions["pattern_heads"][None, :, :, None, None]
+            pattern = jnp.where(clamped, layer_interventions["pattern_override"][:, None, None], pattern)
+        return pattern
+
+
+def _fused_attention(q: jax.Array, k: jax.Array, v: jax.Array) -> jax.Array:
+    """Causal GQA attention without a materialised pattern: q [B, T, K, G, D], k / v [B, S, K, D] -> z [B, T, K, G, D].
+
+    Flat query head h = k * G + g reads KV head k, as ``jax.nn.dot_product_attention`` groups them.
+    Float32 inputs are multiplied in full float32 (the XLA path's einsums would default to TF32 on GPUs).
+    """
+    b, t, n_kv, g, d = q.shape
+    full = q.dtype == jnp.float32
+    with jax.default_matmul_precision("highest") if full else contextlib.nullcontext():
+        z = jax.nn.dot_product_attention(q.reshape(b, t, n_kv * g, d), k, v, is_causal=True)
+    return z.reshape(b, t, n_kv, g, d)

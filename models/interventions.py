@@ -32,7 +32,9 @@ class Interventions:
     head_replacement: f32[L, K, G, D]. Added as ``(1 - head_scale) * replacement``, so a
         head with scale 0 outputs the replacement (mean ablation) instead of zeros.
     knockout_edges: bool[B, T, S] or None. Query t may not attend key s where True ...
-    knockout_heads: bool[L, K, G] or None. ... in the heads marked True.
+    knockout_heads: bool[L, K, G] or None. ... in the heads marked True. A float gate in [0, 1] instead
+        mixes each head's pattern towards its knocked-out pattern (1 = knocked out; its gradient at 0 is
+        the first-order knockout effect).
     pattern_override: f32[L, B, T, S] or None. Attention pattern (rows sum to 1) that replaces ...
     pattern_heads: bool[L, K, G] or None. ... the computed pattern of the heads marked True (a clamp:
         no gradient reaches their queries and keys).

@@ -11,6 +11,18 @@ from circuits.models.config import ModelConfig
 WEIGHT_INIT = nnx.initializers.normal(stddev=0.02)
 
 
+def einsum(spec: str, *operands: jax.Array, **options) -> jax.Array:
+    """``jnp.einsum`` whose float32 products are computed in full float32 on every backend.
+
+    XLA's default matmul precision on GPUs is TF32 (10-bit mantissa inputs); with a float32 operand
+    this asks for HIGHEST explicitly, so a float32 model means float32 without any global flag.
+    bf16 / fp16 products keep the backend default (float32 accumulation on GPU and CPU).
+    """
+    full = any(jnp.result_type(operand) == jnp.float32 for operand in operands)
+    precision = jax.lax.Precision.HIGHEST if full else jax.lax.Precision.DEFAULT
+    return jnp.einsum(spec, *operands, precision=precision, **options)
+
+
 def rms_norm(x: jax.Array, scale: jax.Array, eps: float) -> jax.Array:
     """RMSNorm over the last axis, statistics in f32, as HF's LlamaRMSNorm: scale * (x / rms(x))."""
     xf = x.astype(jnp.float32)
@@ -29,6 +41,6 @@ class MLP(nnx.Module):
 
     def __call__(self, x: jax.Array) -> jax.Array:
         """x [B, T, M] -> [B, T, M]."""
-        gate = jnp.einsum("btm,mf->btf", x, self.w_gate[...])
-        up = jnp.einsum("btm,mf->btf", x, self.w_up[...])
-        return jnp.einsum("btf,fm->btm", jax.nn.silu(gate) * up, self.w_down[...])
+        gate = einsum("btm,mf->btf", x, self.w_gate[...])
+        up = einsum("btm,mf->btf", x, self.w_up[...])
+        return einsum("btf,fm->btm", jax.nn.silu(gate) * up, self.w_down[...])

@@ -12,7 +12,7 @@ from flax import nnx
 from circuits.models.attention import Attention
 from circuits.models.config import ModelConfig
 from circuits.models.interventions import Interventions, check_capture
-from circuits.models.layers import MLP, WEIGHT_INIT, rms_norm
+from circuits.models.layers import MLP, WEIGHT_INIT, einsum, rms_norm
 from circuits.models.rope import rotary_tables
 
 
@@ -38,8 +38,11 @@ class DecoderBlock(nnx.Module):
         captured = {}
         if "resid_pre" in capture:
             captured["resid_pre"] = x
+        copies = layer_interventions is not None and layer_interventions.get("copy_heads") is not None
+        clamps = layer_interventions is not None and layer_interventions.get("pattern_heads") is not None
+        need_pattern = "attn_pattern" in capture or knockout_edges is not None or copies or clamps
         attn_out, pattern, z = self.attn(
-            rms_norm(x, self.attn_norm[...], self.eps), cos, sin, layer_interventions, knockout_edges
+            rms_norm(x, self.attn_norm[...], self.eps), cos, sin, layer_interventions, knockout_edges, need_pattern
         )
         x = x + attn_out
         if "resid_mid" in capture:
@@ -53,8 +56,8 @@ class DecoderBlock(nnx.Module):
         if "z" in capture:
             captured["z"] = z
         copy_attention = None
-        if layer_interventions is not None and layer_interventions.get("copy_heads") is not None:
-            copy_attention = jnp.einsum("bkgts,kg->bts", pattern, layer_interventions["copy_heads"].astype(pattern.dtype))
+        if copies:
+            copy_attention = einsum("bkgts,kg->bts", pattern, layer_interventions["copy_heads"].astype(pattern.dtype))
         return x, (captured, copy_attention)
 
 
@@ -127,29 +130,46 @@ class Transformer(nnx.Module):
         seq_len = tokens.shape[1]
         x = jnp.take(self.embed[...], tokens, axis=0) if embeddings is None else embeddings.astype(self.dtype)
         cos, sin = rotary_tables(config, seq_len)
-        if interventions is None:
-            per_layer, edges = None, None
-        else:
-            per_layer = {
-                "head_scale": interventions.head_scale,
-                "head_replacement": interventions.head_replacement,
-                "knockout_heads": interventions.knockout_heads,
-                "pattern_override": interventions.pattern_override,
-                "pattern_heads": interventions.pattern_heads,
-                "copy_heads": interventions.copy_heads,
-            }
-            edges = interventions.knockout_edges
+        per_layer, edges = _layer_interventions(interventions)
 
         @nnx.scan(in_axes=(nnx.Carry, 0, 0), out_axes=(nnx.Carry, 0))
         def run_layers(x, block, layer_interventions):
             return block(x, cos, sin, layer_interventions, edges, capture)
 
         x, (captured, copy_attention) = run_layers(x, self.blocks, per_layer)
-        x = rms_norm(x, self.final_norm[...], config.rms_norm_eps)
-        logits = jnp.einsum("btm,mv->btv", x, self.unembedding()).astype(jnp.float32)
+        logits = self.residual_logits(x)
         if copy_attention is not None:
             logits = logits + _ideal_copy_logits(copy_attention, interventions, config.vocab_size)
         return logits, captured
+
+    def residual_logits(self, x: jax.Array) -> jax.Array:
+        """Final RMSNorm and unembedding: residual stream [..., M] -> f32 logits [..., V]."""
+        x = rms_norm(x, self.final_norm[...], self.config.rms_norm_eps)
+        return einsum("...m,mv->...v", x, self.unembedding()).astype(jnp.float32)
+
+    def run_layers_from(self, x: jax.Array, first_layer: jax.Array | int, interventions: Interventions | None = None) -> jax.Array:
+        """Traceable: the residual stream x [B, T, M] at the input of layer ``first_layer`` -> the residual
+        after the last layer, running only layers ``first_layer`` .. L-1 (interventions apply as in
+        :meth:`forward`; ideal copies are not supported here).
+
+        ``first_layer`` may be traced: one compiled program serves every start layer (a ``fori_loop``
+        over dynamically indexed layer parameters), e.g. for sweeps that reuse a clean prefix.
+        """
+        if interventions is not None and interventions.copy_heads is not None:
+            raise ValueError("run_layers_from does not support ideal-copy interventions; use forward")
+        cos, sin = rotary_tables(self.config, x.shape[1])
+        per_layer, edges = _layer_interventions(interventions)
+        graphdef, state = nnx.split(self.blocks)
+
+        def layer_slice(tree, layer):
+            return jax.tree.map(lambda a: jax.lax.dynamic_index_in_dim(a, layer, keepdims=False), tree)
+
+        def body(layer, x):
+            block = nnx.merge(graphdef, layer_slice(state, layer))
+            x, _ = block(x, cos, sin, None if per_layer is None else layer_slice(per_layer, layer), edges, ())
+            return x
+
+        return jax.lax.fori_loop(first_layer, self.config.n_layers, body, x)
 
     def __call__(self, tokens, interventions: Interventions | None = None) -> jax.Array:
         """Jitted forward: int tokens [B, T] (numpy or jax) -> f32 logits [B, T, V]."""
@@ -166,11 +186,19 @@ class Transformer(nnx.Module):
         return _jitted_forward(self, tokens, interventions, check_capture(tuple(capture)))
 
 
+def _layer_interventions(interventions: Interventions | None):
+    """(per-layer fields {name: [L, ...] array or None}, knockout edges [B, T, S] or None) for the layer loop."""
+    if interventions is None:
+        return None, None
+    names = ("head_scale", "head_replacement", "knockout_heads", "pattern_override", "pattern_heads", "copy_heads")
+    return {name: getattr(interventions, name) for name in names}, interventions.knockout_edges
+
+
 def _ideal_copy_logits(copy_attention: jax.Array, interventions: Interventions, vocab_size: int) -> jax.Array:
     """f32[B, T, V]: copy_gain / n_copy_heads * sum over layers of copy_attention [L, B, T, S] @ one_hot(copy_tokens)."""
     written = jax.nn.one_hot(interventions.copy_tokens, vocab_size, dtype=jnp.float32)  # -1 -> all zeros
     n_heads = jnp.maximum(interventions.copy_heads.sum(), 1).astype(jnp.float32)
-    return interventions.copy_gain / n_heads * jnp.einsum("lbts,bsv->btv", copy_attention, written)
+    return interventions.copy_gain / n_heads * einsum("lbts,bsv->btv", copy_attention, written)
 
 
 def _check_tokens(tokens, config: ModelConfig) -> jax.Array:

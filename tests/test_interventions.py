@@ -6,10 +6,12 @@ import jax.numpy as jnp
 import numpy as np
 import pytest
 from helpers import random_tokens, random_transformer
+from scipy import stats
 
 import circuits
 from circuits.analysis.ablation import (
-    _sweep,
+    _sweep_chunk,
+    estimate_sweep_losses,
     heads_mask,
     kv_group_heads,
     mean_head_outputs,
@@ -113,9 +115,9 @@ def test_changing_masks_does_not_recompile(model, tokens):
     mask = np.ones(23, bool)
     sets = one_head_each(config)
     sweep_losses(model, tokens, mask, ablate=sets, chunk=4)
-    before = _sweep._cache_size()
+    before = _sweep_chunk._cache_size()
     sweep_losses(model, tokens, mask, ablate=sets[::-1], chunk=4)
-    assert _sweep._cache_size() == before
+    assert _sweep_chunk._cache_size() == before  # new sets, every start layer: still one program
 
 
 def loss_of(model, tokens, interventions, mask):
@@ -135,6 +137,63 @@ def test_one_program_sweep_equals_forwards_one_by_one(model, tokens, chunk):
     knocked = sweep_losses(model, tokens, mask, knock_out=sets[:4], edges=edges, chunk=chunk)
     expected = [loss_of(model, tokens, Interventions.none(config).knock_out(edges, s), mask) for s in sets[:4]]
     np.testing.assert_allclose(knocked, expected, rtol=1e-5)
+
+
+def test_prefix_reusing_sweep_handles_any_mix_of_sets(model, tokens):
+    """Sets spanning several layers, sets that touch nothing, and a per-sequence loss mask."""
+    config = model.config
+    rng = np.random.default_rng(0)
+    sets = rng.random((7,) + (config.n_layers, config.n_kv_heads, config.q_per_kv)) < 0.2
+    sets[0] = False  # nothing ablated: the clean loss
+    sets[1] = False
+    sets[1, 2, 1, 2] = True  # only the last layer
+    mask = rng.random((tokens.shape[0], 23)) < 0.5
+    replacement = rng.normal(size=(config.n_layers, config.n_kv_heads, config.q_per_kv, config.head_dim)).astype(np.float32)
+    swept = sweep_losses(model, tokens, mask, ablate=sets, replacement=replacement, chunk=2)
+    base = dataclasses.replace(Interventions.none(config), head_replacement=jnp.asarray(replacement))
+    expected = [loss_of(model, tokens, base.ablate(s), mask) for s in sets]
+    np.testing.assert_allclose(swept, expected, rtol=1e-5, atol=1e-6)
+    assert swept[0] == pytest.approx(loss_of(model, tokens, None, mask), rel=1e-6)
+
+
+def test_sweep_shows_a_progress_bar_that_can_be_turned_off(model, tokens, capsys):
+    sets = one_head_each(model.config)
+    sweep_losses(model, tokens, np.ones(23, bool), ablate=sets, chunk=3)
+    assert f"sweep over {len(sets)} head sets" in capsys.readouterr().err
+    sweep_losses(model, tokens, np.ones(23, bool), ablate=sets, chunk=3, show_progress=False)
+    assert "sweep over" not in capsys.readouterr().err
+
+
+def test_gradient_estimates_are_the_first_order_change_of_exact_ablation(model, tokens):
+    config = model.config
+    mask = np.arange(23) >= 10
+    sets = one_head_each(config)
+    clean = loss_of(model, tokens, None, mask)
+    estimated = estimate_sweep_losses(model, tokens, mask, ablate=sets) - clean
+    epsilon = 1e-3  # central differences of each head's scale around 1: -dL/ds
+
+    def scaled(s, value):
+        return loss_of(model, tokens, dataclasses.replace(Interventions.none(config), head_scale=jnp.where(s, value, 1.0)), mask)
+
+    stepped = np.array([(scaled(s, 1 - epsilon) - scaled(s, 1 + epsilon)) / (2 * epsilon) for s in sets])
+    np.testing.assert_allclose(estimated, stepped, atol=1e-3 + 5e-3 * np.abs(stepped).max())
+
+    # on a model whose heads act in a near-linear regime it also tracks the exact ablations and knockouts
+    mild = random_transformer(seed=3, scale=0.15, n_layers=3, n_heads=6, n_kv_heads=2)
+    exact = sweep_losses(mild, tokens, mask, ablate=sets, show_progress=False)
+    assert stats.pearsonr(estimate_sweep_losses(mild, tokens, mask, ablate=sets), exact).statistic > 0.8
+    edges = np.asarray(induction_targets(tokens))
+    knocked = sweep_losses(mild, tokens, mask, knock_out=sets, edges=edges, show_progress=False)
+    assert stats.pearsonr(estimate_sweep_losses(mild, tokens, mask, knock_out=sets, edges=edges), knocked).statistic > 0.8
+
+
+def test_a_full_knockout_gate_equals_boolean_knockout(model, tokens):
+    config = model.config
+    edges = np.asarray(induction_targets(tokens))
+    heads = heads_mask(config, [(1, 2), (2, 0)])
+    base = Interventions.none(config)
+    gated = base.knock_out(jnp.asarray(edges), jnp.asarray(heads, jnp.float32))
+    np.testing.assert_allclose(np.asarray(model(tokens, gated)), np.asarray(model(tokens, base.knock_out(edges, heads))), atol=1e-5)
 
 
 def test_sweep_on_a_mesh_equals_unsharded(make_llama):
