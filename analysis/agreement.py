@@ -8,7 +8,7 @@ import math
 import numpy as np
 from scipy import stats
 
-from circuits.analysis.ablation import heads_mask, mean_head_outputs, sweep_losses
+from circuits.analysis.ablation import estimate_sweep_losses, heads_mask, mean_head_outputs, one_head_each, sweep_losses
 from circuits.analysis.repeated_tokens import RepeatedTokens
 from circuits.analysis.results import HeadScores
 from circuits.models.transformer import Transformer
@@ -98,6 +98,36 @@ def ablation_effect(
     replacement = mean_head_outputs(model, data.tokens) if mode == "mean" else None
     losses = sweep_losses(model, data.tokens, data.later_repeats, ablate=sets, replacement=replacement)
     return AblationEffect(k, heads, mode, float(losses[0]), float(losses[1]), [float(x) for x in losses[2:]], list(seeds))
+
+
+@dataclasses.dataclass(frozen=True)
+class HeadEffects:
+    """Loss increase (nats) of ablating each head alone: ``estimated`` f32[L, N] for every head (gradient
+    estimate, one forward and one backward), ``exact`` [(layer, head, increase)] for the ``n_exact`` heads
+    the estimate ranks highest, checked by an exact sweep."""
+
+    estimated: np.ndarray
+    exact: list[tuple[int, int, float]]
+
+
+def single_head_effects(model: Transformer, data: RepeatedTokens, n_exact: int, *, show_progress: bool = False) -> HeadEffects:
+    """Every head's ablation effect estimated at once; the strongest ``n_exact`` by that estimate checked exactly.
+
+    This is how to afford per-head evidence on a large model: the estimate orders the heads, and the
+    exact sweep is spent only where it matters.
+    """
+    config = model.config
+    sets = one_head_each(config)
+    nothing = np.zeros((1,) + sets.shape[1:], bool)
+    clean = float(sweep_losses(model, data.tokens, data.later_repeats, ablate=nothing, show_progress=False)[0])
+    estimated = estimate_sweep_losses(model, data.tokens, data.later_repeats, ablate=sets) - clean
+    order = np.argsort(-estimated, kind="stable")[:n_exact]
+    exact = sweep_losses(model, data.tokens, data.later_repeats, ablate=sets[order], show_progress=show_progress) - clean
+    heads = [divmod(int(i), config.n_heads) for i in order]
+    return HeadEffects(
+        estimated.reshape(config.n_layers, config.n_heads).astype(np.float32),
+        [(layer, head, float(increase)) for (layer, head), increase in zip(heads, exact)],
+    )
 
 
 @dataclasses.dataclass(frozen=True)

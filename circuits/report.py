@@ -14,7 +14,16 @@ from typing import Any
 import numpy as np
 
 from circuits.analysis.ablation import heads_mask, sweep_losses
-from circuits.analysis.agreement import AblationEffect, ablation_effect, heads_for_fraction, precision_at_k, spearman, top_heads
+from circuits.analysis.agreement import (
+    AblationEffect,
+    HeadEffects,
+    ablation_effect,
+    heads_for_fraction,
+    precision_at_k,
+    single_head_effects,
+    spearman,
+    top_heads,
+)
 from circuits.analysis.attention_scores import attention_scores, copying_scores
 from circuits.analysis.induction import InductionEdge, predict_induction
 from circuits.analysis.repeated_tokens import repeated_random_tokens
@@ -36,6 +45,8 @@ class Validation:
     ``knockout_loss``: loss with the exact induction edges knocked out in the top-k predicted heads only.
     ``previous_token_sources``: how many of the top-k predicted heads have a predicted source head whose
     measured previous-token score is at least ``previous_token_threshold``.
+    ``head_effects``: each head's single-head ablation effect, estimated for all (gradients) and exact for
+    the 2k heads the estimate ranks highest.
     """
 
     data: str
@@ -50,6 +61,7 @@ class Validation:
     confirm_threshold: float
     confirmed: list[tuple[int, int]]
     previous_token_sources: int
+    head_effects: HeadEffects
     previous_token_threshold: float = PREVIOUS_TOKEN_THRESHOLD
 
 
@@ -110,6 +122,8 @@ class CircuitReport:
             ablation["heads"] = [tuple(h) for h in ablation["heads"]]
             v["ablation"] = AblationEffect(**ablation)
             v["confirmed"] = [tuple(h) for h in v["confirmed"]]
+            effects = v["head_effects"]
+            v["head_effects"] = HeadEffects(np.asarray(effects["estimated"], np.float32), [tuple(e) for e in effects["exact"]])
             fields["validation"] = Validation(**v)
         return cls(**fields)
 
@@ -158,6 +172,7 @@ def validate_prediction(model, predicted: np.ndarray, k: int, *, source_heads: n
         "ablation": lambda: ablation_effect(model, data, predicted, k, seeds=tuple(seeds)),
         "knockout": lambda: float(sweep_losses(model, data.tokens, data.later_repeats, knock_out=top_mask[None],
                                                edges=induction_targets(data.tokens))[0]),
+        "single heads": lambda: single_head_effects(model, data, 2 * k),
     }
     results = {name: run() for name, run in progress(list(steps.items()), "validating with forward passes", enabled=show_progress)}
     scores = {name: s.scores for name, s in results["attention"].items()}
@@ -178,6 +193,7 @@ def validate_prediction(model, predicted: np.ndarray, k: int, *, source_heads: n
         confirm_threshold=confirm_threshold,
         confirmed=confirmed,
         previous_token_sources=previous_token_sources,
+        head_effects=results["single heads"],
     )
 
 
