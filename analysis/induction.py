@@ -35,7 +35,7 @@ import jax
 import jax.numpy as jnp
 import numpy as np
 
-from circuits.analysis.composition import CHUNK_BYTES, composition_baseline, composition_tensors, rotate_keys
+from circuits.analysis.composition import CHUNK_BYTES, composition_baseline, composition_tensors, later_norms, rotate_keys
 from circuits.analysis.ov import copying_score, ov_copying_scores, ov_eigenvalues
 from circuits.analysis.results import CompositionScores, HeadScores
 from circuits.analysis.rope_average import DEFAULT_OFFSETS, rope_average
@@ -139,19 +139,44 @@ def _einsum(spec: str, *operands: jax.Array) -> jax.Array:
 @jax.jit
 def _earlier_heads(w: AttentionWeights, standins: jax.Array) -> EarlierHeads:
     """One layer's EarlierHeads (A = K) from its weights and its stand-ins f32[n, M]."""
-    value_gram = _einsum("mkd,mke->kde", w.wv, w.wv)
-    output_gram = _einsum("kgdm,kgem->kgde", w.wo, w.wo)
-    ov_norm = jnp.sqrt(jnp.maximum(_einsum("kde,kgde->kg", value_gram, output_gram), 0.0))
-    return EarlierHeads(w.wo, gram_factor(value_gram), ov_norm, _einsum("nm,mkd->nkd", standins, w.wv))
+    value_factor = gram_factor(_einsum("mkd,mke->kde", w.wv, w.wv))
+    ov_norm = later_norms(w, "v").reshape(w.wo.shape[:2])
+    return EarlierHeads(w.wo, value_factor, ov_norm, _einsum("nm,mkd->nkd", standins, w.wv))
 
 
 @jax.jit
 def _later_heads(w: AttentionWeights, standins: jax.Array) -> LaterHeads:
     """The reading layer's LaterHeads; ``w.wk`` must already be RoPE-averaged (:func:`rotate_keys`)."""
-    query_gram = _einsum("mkgd,mkge->kgde", w.wq, w.wq)
-    key_gram = _einsum("mkd,mke->kde", w.wk, w.wk)
-    qk_norm = jnp.sqrt(jnp.maximum(_einsum("kgde,kde->kg", query_gram, key_gram), 0.0))
-    return LaterHeads(w.wk, gram_factor(query_gram), qk_norm, _einsum("nm,mkgd->nkgd", standins, w.wq))
+    query_factor = gram_factor(_einsum("mkgd,mkge->kgde", w.wq, w.wq))
+    qk_norm = later_norms(w, "k").reshape(w.wq.shape[1:3])
+    return LaterHeads(w.wk, query_factor, qk_norm, _einsum("nm,mkgd->nkgd", standins, w.wq))
+
+
+PREVIOUS_TOKEN_OFFSETS = 32
+
+
+def offset_rotations(config, max_offset: int = PREVIOUS_TOKEN_OFFSETS) -> jax.Array:
+    """f32[max_offset + 1, D, D]: R(-Delta) for Delta = 0 .. max_offset, so ``q @ R[Delta] @ k`` is the RoPE
+    logit of a query and a key Delta positions before it."""
+    return jnp.stack([jnp.asarray(rope_average(config, (offset, offset))) for offset in range(max_offset + 1)])
+
+
+@jax.jit
+def _previous_token_preference(w: AttentionWeights, standins: jax.Array, keep: jax.Array, rotations: jax.Array) -> jax.Array:
+    """f32[K, G] in [0, 1]: how much each head prefers the previous position, from the weights alone.
+
+    Softmax, over the key offsets 0 .. R-1, of the mean logit: offset 0 is the query's own token (a
+    stand-in against itself), offset Delta > 0 a different token Delta positions back (mean query
+    against mean key, rotated); the value is the probability of offset 1.
+    """
+    weight = keep.astype(jnp.float32)
+    count = jnp.maximum(weight.sum(), 1.0)
+    queries = _einsum("nm,mkgd->nkgd", standins, w.wq) * weight[:, None, None, None]
+    keys = _einsum("nm,mkd->nkd", standins, w.wk) * weight[:, None, None]
+    itself = _einsum("nkgd,nkd->kg", queries, keys) / count
+    others = _einsum("kgd,rde,ke->rkg", queries.sum(0) / count, rotations, keys.sum(0) / count)
+    logits = jnp.concatenate([itself[None], others[1:]]) / jnp.sqrt(jnp.float32(w.wq.shape[-1]))
+    return jax.nn.softmax(logits, axis=0)[1]
 
 
 @jax.jit
@@ -243,7 +268,9 @@ class InductionPrediction:
     predicted_induction [L, N]: max over earlier heads of the edge strength;
     source_heads int[L, N, 2]: for each head, the (layer, head) of its strongest previous-token head
     ((-1, -1) in layer 0); edge_strength / k_composition / token_terms: f32[L, N, L, N] over (earlier, later);
-    ov_copying: the embed -> unembed OV copying score, a diagnostic column.
+    ov_copying: the embed -> unembed OV copying score, a diagnostic column;
+    previous_token: each head's weight-only preference for the previous position (``kcomp-token-z`` only;
+    a diagnostic, not part of the score), see ``_previous_token_preference``.
     """
 
     method: str
@@ -256,6 +283,7 @@ class InductionPrediction:
     source_heads: np.ndarray
     edges: list[InductionEdge]
     preprocessing: Preprocessing
+    previous_token: HeadScores | None = None
 
     def source_of(self, layer: int, head: int) -> tuple[int, int]:
         """The predicted previous-token head (layer, head) that induction head (layer, head) reads."""
@@ -310,6 +338,8 @@ def _predict_kcomp_token_z(
     eigenvalues = np.zeros((n_layers, n_heads, d), np.complex128)
     k_composition = np.zeros((n_layers, n_heads, n_layers, n_heads), np.float32)
     token_z = np.zeros_like(k_composition)
+    previous_token = np.zeros((n_layers, n_heads), np.float32)
+    rotations = offset_rotations(config)
     per_layer_bytes = n_heads * d * n_heads * d * 4
     block = max(1, min(CHUNK_BYTES // per_layer_bytes, n_layers - 1))
     earlier: list[EarlierHeads] = []
@@ -317,6 +347,7 @@ def _predict_kcomp_token_z(
         w = reader.attention(layer)
         eigenvalues[layer] = ov_eigenvalues(unembed_embed, w.wv, w.wo)
         x, keep = standins.current()
+        previous_token[layer] = np.asarray(_previous_token_preference(w, x, jnp.asarray(keep), rotations)).reshape(-1)
         w = rotate_keys(w, rotation)
         later = _later_heads(w, x)
         later = dataclasses.replace(later, wk=later.wk.astype(product_dtype))
@@ -333,8 +364,9 @@ def _predict_kcomp_token_z(
     baseline = composition_baseline(config, "k", rotation=rotation)
     k_scores = CompositionScores("k", k_composition, *baseline, preprocessing)
     ov = HeadScores("ov_copying", copying_score(eigenvalues).astype(np.float32), preprocessing)
-    edge_strength = (k_scores.ratio() * np.clip(token_z, 0.0, None)).astype(np.float32)
-    return _assemble(settings, ov, k_scores, token_z, edge_strength, preprocessing, n_edges)
+    edge_strength = k_scores.ratio() * np.clip(token_z, 0.0, None)
+    prediction = _assemble(settings, ov, k_scores, token_z, edge_strength.astype(np.float32), preprocessing, n_edges)
+    return dataclasses.replace(prediction, previous_token=HeadScores("previous_token_preference", previous_token, preprocessing))
 
 
 def _predict_ov_kcomp_eigen(

@@ -22,6 +22,7 @@ import jax.numpy as jnp
 import numpy as np
 import torch
 from flax import nnx
+from forward import best_time
 from transformers import LlamaConfig, LlamaForCausalLM
 
 from circuits.analysis.ablation import one_head_each, sweep_losses
@@ -95,16 +96,6 @@ def torch_logits(twin, tokens: np.ndarray) -> np.ndarray:
         return twin(torch.as_tensor(tokens, device=DEVICE), use_cache=False).logits.float().cpu().numpy()
 
 
-def best_seconds(run, repeats: int = 5) -> float:
-    run()
-    times = []
-    for _ in range(repeats):
-        start = time.perf_counter()
-        run()
-        times.append(time.perf_counter() - start)
-    return min(times)
-
-
 def relative_error(x: np.ndarray, reference: np.ndarray) -> float:
     return float(np.abs(x - reference).max() / np.abs(reference).max())
 
@@ -150,7 +141,7 @@ def forward_rows(shapes: dict, n_layers: int, dtype, torch_dtype, batches: tuple
                 torch.cuda.synchronize()
 
         n_tokens = batch * seq
-        ours_rate, theirs_rate = n_tokens / best_seconds(ours), n_tokens / best_seconds(theirs)
+        ours_rate, theirs_rate = n_tokens / best_time(ours, 5), n_tokens / best_time(theirs, 5)
         mfu = ours_rate * flops_per_token(model.config, seq) / H100_BF16_PEAK
         print(f"forward {label}, {batch} x {seq}: ours {ours_rate:,.0f} tok/s, transformers {theirs_rate:,.0f} tok/s "
               f"({ours_rate / theirs_rate:.2f}x), ours {100 * mfu:.0f}% of bf16 peak")
@@ -162,13 +153,13 @@ def sweep_rows() -> None:
     data = repeated_random_tokens(model.config, 4, 50)
     tokens, mask = jnp.asarray(data.tokens), jnp.asarray(data.later_repeats)
     sets = one_head_each(model.config)
-    swept = best_seconds(lambda: sweep_losses(model, tokens, mask, ablate=sets, show_progress=False), repeats=1)
+    swept = best_time(lambda: sweep_losses(model, tokens, mask, ablate=sets, show_progress=False), 1)
     base = Interventions.none(model.config)
 
     def loop():
         return jax.block_until_ready([masked_mean_loss(model(tokens, base.ablate(s)), tokens, mask) for s in sets])
 
-    looped = best_seconds(loop, repeats=1)
+    looped = best_time(loop, 1)
     print(f"270-head ablation sweep (4 x 101 tokens): sweep_losses {swept:.2f} s, loop of forwards {looped:.2f} s ({looped / swept:.1f}x)")
 
 

@@ -84,26 +84,31 @@ def main() -> None:
     print(f"forward, with interventions: {with_interventions * 1e3:8.1f} ms  ({with_interventions / plain:.2f}x)")
 
     mask = jnp.asarray(data.later_repeats)
+    n = len(sets)
+    start = time.perf_counter()  # compilation included: it is about 1 s
     exact = sweep_losses(model, tokens, mask, ablate=sets, show_progress=False)
-    swept = best_time(lambda: sweep_losses(model, tokens, mask, ablate=sets, show_progress=False), repeats=1)
+    swept = time.perf_counter() - start
+    print(f"ablation sweep over {n} heads, sweep_losses (prefix reuse):  {swept:7.2f} s", flush=True)
     graphdef, state = nnx.split(model)
     chunk = max(1, min(len(sets), 2 * 1024**3 // (3 * tokens.size * config.vocab_size * 4)))
-    earlier = best_time(lambda: full_forward_sweep(graphdef, state, tokens, mask, jnp.asarray(sets), chunk), repeats=1)
+    start = time.perf_counter()  # compilation included, as for the others
+    earlier_losses = jax.block_until_ready(full_forward_sweep(graphdef, state, tokens, mask, jnp.asarray(sets), chunk))
+    earlier = time.perf_counter() - start
+    print(f"ablation sweep over {n} heads, earlier one-program sweep:    {earlier:7.2f} s  ({earlier / swept:.2f}x slower)", flush=True)
     base = Interventions.none(config)
 
     def one_by_one():
         return [masked_mean_loss(model(tokens, base.ablate(s)), tokens, mask) for s in sets]
 
-    looped = best_time(one_by_one, repeats=1)
-    n = len(sets)
-    print(f"ablation sweep over {n} heads, sweep_losses (prefix reuse):  {swept:7.2f} s")
-    print(f"ablation sweep over {n} heads, earlier one-program sweep:    {earlier:7.2f} s  ({earlier / swept:.2f}x slower)")
-    print(f"ablation sweep over {n} heads, loop of jitted forwards:      {looped:7.2f} s  ({looped / swept:.2f}x slower)")
-    np.testing.assert_allclose(exact, np.asarray(one_by_one()), rtol=1e-5, atol=1e-5)
-    np.testing.assert_allclose(exact, np.asarray(full_forward_sweep(graphdef, state, tokens, mask, jnp.asarray(sets), chunk)), rtol=1e-5, atol=1e-5)
+    start = time.perf_counter()
+    looped_losses = jax.block_until_ready(one_by_one())
+    looped = time.perf_counter() - start
+    print(f"ablation sweep over {n} heads, loop of jitted forwards:      {looped:7.2f} s  ({looped / swept:.2f}x slower)", flush=True)
+    np.testing.assert_allclose(exact, np.asarray(looped_losses), rtol=1e-5, atol=1e-5)
+    np.testing.assert_allclose(exact, np.asarray(earlier_losses), rtol=1e-5, atol=1e-5)
 
     estimated = estimate_sweep_losses(model, tokens, mask, ablate=sets)
-    estimate_time = best_time(lambda: estimate_sweep_losses(model, tokens, mask, ablate=sets))
+    estimate_time = best_time(lambda: estimate_sweep_losses(model, tokens, mask, ablate=sets), repeats=2)
     top = lambda x: set(np.argsort(-x)[:9])  # noqa: E731
     print(f"gradient estimate of all {n} ablations: {estimate_time:.2f} s = {estimate_time / plain:.1f} forwards; "
           f"Spearman with the exact sweep {stats.spearmanr(estimated, exact).statistic:.3f}, "

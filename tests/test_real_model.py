@@ -131,3 +131,5 @@ def test_weights_alone_find_the_measured_induction_heads(smollm2):
               f"{from_previous_token_heads}/5 sources are measured previous-token heads")
         assert figures[0] >= 0.8 and overlap >= 7 and figures[2] >= 0.4, figures
         assert from_previous_token_heads == 5, sources
+        # the weight-only previous-token preference (a diagnostic) ranks the measured previous-token heads
+        assert spearman(prediction.previous_token.scores, previous) >= 0.6
