@@ -84,9 +84,8 @@ class SweepData:
         )
 
 
-def _loss_at_positions(model: Transformer, residual: jax.Array, data: SweepData) -> jax.Array:
-    """Mean next-token loss (nats) from the final residual [B, T, M], unembedding only the loss positions."""
-    logits = model.residual_logits(residual[:, data.positions])  # [B, P, V]
+def _loss_at_positions(logits: jax.Array, data: SweepData) -> jax.Array:
+    """Mean next-token loss (nats) from the logits f32[B, P, V] at the loss positions."""
     log_probs = jax.nn.log_softmax(logits, axis=-1)
     losses = -jnp.take_along_axis(log_probs, data.targets[..., None], axis=-1)[..., 0]
     return (losses * data.weights).sum() / jnp.maximum(data.weights.sum(), 1.0)
@@ -109,7 +108,8 @@ def _sweep_chunk(graphdef, state, residual, first_layer, data: SweepData, base: 
         interventions = base.ablate(ablate_i)
         if knock_i is not None:
             interventions = dataclasses.replace(interventions, knockout_heads=knock_i)
-        return _loss_at_positions(model, model.run_layers_from(residual, first_layer, interventions), data)
+        final = model.run_layers_from(residual, first_layer, interventions)
+        return _loss_at_positions(model.residual_logits(final[:, data.positions]), data)  # only the loss positions
 
     return jax.vmap(one)(ablate, knock_out)
 
@@ -217,9 +217,7 @@ def _loss_gradients(graphdef, state, data: SweepData, base: Interventions):
     def loss(scale, gate):
         interventions = dataclasses.replace(base, head_scale=scale, knockout_heads=gate)
         logits, _ = nnx.merge(graphdef, jax.tree.map(lambda x: x, state)).forward(data.tokens, interventions)  # Variables of this trace
-        log_probs = jax.nn.log_softmax(logits[:, data.positions], axis=-1)
-        losses = -jnp.take_along_axis(log_probs, data.targets[..., None], axis=-1)[..., 0]
-        return (losses * data.weights).sum() / jnp.maximum(data.weights.sum(), 1.0)
+        return _loss_at_positions(logits[:, data.positions], data)
 
     argnums = (0,) if base.knockout_heads is None else (0, 1)
     value, grads = jax.value_and_grad(loss, argnums=argnums)(base.head_scale, base.knockout_heads)

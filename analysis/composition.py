@@ -92,6 +92,11 @@ def _block_scores(left: jax.Array, w: AttentionWeights, kind: str, product_dtype
     return np.where(denominator > 0, numerator / np.where(denominator > 0, denominator, 1.0), 0.0)
 
 
+def default_product_dtype(reader: WeightReader) -> str:
+    """Input dtype of the M-long products: bfloat16 for bfloat16 checkpoints, float32 otherwise."""
+    return "bfloat16" if reader.preprocessing.weights_dtype == "bfloat16" else "float32"
+
+
 def composition_tensors(
     source: TensorSource,
     kinds: tuple[str, ...] = KINDS,
@@ -117,8 +122,7 @@ def composition_tensors(
     if unknown:
         raise ValueError(f"unknown composition kind(s) {sorted(unknown)}; choose from q, k, v")
     reader = WeightReader(source, fold_norms=fold_norms)
-    if product_dtype is None:
-        product_dtype = "bfloat16" if reader.preprocessing.weights_dtype == "bfloat16" else "float32"
+    product_dtype = product_dtype or default_product_dtype(reader)
     preprocessing = dataclasses.replace(reader.preprocessing, product_dtype=product_dtype, rope_offsets=rope_offsets)
     config = reader.config
     rotation = None if rope_offsets is None else jnp.asarray(rope_average(config, rope_offsets))

@@ -16,9 +16,9 @@ token of each key (Olsson et al. 2022). Edge strength::
 Everything goes through D x D factors (no n x n, V x V or M x M matrix), in one streaming pass:
 ``P_ji = W_O^j W_K'^i`` [D, D] is the one M-long product per head pair, and
 
-    sum_a C_aa = <P, V_j^T Q_i>,  mean(C) = v_bar P q_bar,  sum C^2 = ||Lv^T P Lq||_F^2
+    sum_a C_aa = <P, V_j^T Q_i>,  mean(C) = v_bar P q_bar,  sum C^2 = <(V_j^T V_j) P, P (Q_i^T Q_i)>
 
-with ``Q_i = X_i W_Q^i``, ``V_j = X_j W_V^j`` [n, D] and ``Lv Lv^T = V_j^T V_j``, ``Lq Lq^T = Q_i^T Q_i``.
+with ``Q_i = X_i W_Q^i`` and ``V_j = X_j W_V^j`` [n, D].
 
 Method ``ov-kcomp-eigen`` (the earlier score, kept for comparison): ``max(OV copying, 0) * K-comp ratio
 * max(eigenvalue positivity of the virtual QK circuit on raw embeddings, 0)``. OV copying (embed ->
@@ -29,13 +29,19 @@ layers, and that score is anti-correlated with induction.
 from __future__ import annotations
 
 import dataclasses
-import functools
 
 import jax
 import jax.numpy as jnp
 import numpy as np
 
-from circuits.analysis.composition import CHUNK_BYTES, composition_baseline, composition_tensors, later_norms, rotate_keys
+from circuits.analysis.composition import (
+    CHUNK_BYTES,
+    composition_baseline,
+    composition_tensors,
+    default_product_dtype,
+    later_norms,
+    rotate_keys,
+)
 from circuits.analysis.ov import copying_score, ov_copying_scores, ov_eigenvalues
 from circuits.analysis.results import CompositionScores, HeadScores
 from circuits.analysis.rope_average import DEFAULT_OFFSETS, rope_average
@@ -46,6 +52,8 @@ from circuits.models.layers import einsum
 from circuits.progress import progress
 
 METHODS = ("kcomp-token-z", "ov-kcomp-eigen")
+
+
 def _flat_heads(w: AttentionWeights) -> tuple[jax.Array, jax.Array, jax.Array, jax.Array]:
     """Per flat query head h = k * G + g: W_Q [N, M, D], W_K [N, M, D], W_V [N, M, D], W_O [N, D, M]."""
     m, k, g, d = w.wq.shape
@@ -100,8 +108,6 @@ def token_k_composition(
         eigenvalues = np.linalg.eigvals(np.asarray(cores, np.float64))
         terms[earlier, js, later, is_] = copying_score(eigenvalues)
     return terms
-
-
 
 
 @jax.tree_util.register_dataclass
@@ -162,20 +168,23 @@ def offset_rotations(config, max_offset: int = PREVIOUS_TOKEN_OFFSETS) -> jax.Ar
 
 
 @jax.jit
-def _previous_token_preference(w: AttentionWeights, standins: jax.Array, keep: jax.Array, rotations: jax.Array) -> jax.Array:
+def _previous_token_preference(
+    queries: jax.Array, wk: jax.Array, standins: jax.Array, keep: jax.Array, rotations: jax.Array
+) -> jax.Array:
     """f32[K, G] in [0, 1]: how much each head prefers the previous position, from the weights alone.
 
     Softmax, over the key offsets 0 .. R-1, of the mean logit: offset 0 is the query's own token (a
     stand-in against itself), offset Delta > 0 a different token Delta positions back (mean query
-    against mean key, rotated); the value is the probability of offset 1.
+    against mean key, rotated); the value is the probability of offset 1. ``queries`` [n, K, G, D]: the
+    stand-ins through W_Q (:class:`LaterHeads`); ``wk`` [M, K, D]: the layer's W_K, not RoPE-averaged.
     """
     weight = keep.astype(jnp.float32)
     count = jnp.maximum(weight.sum(), 1.0)
-    queries = _einsum("nm,mkgd->nkgd", standins, w.wq) * weight[:, None, None, None]
-    keys = _einsum("nm,mkd->nkd", standins, w.wk) * weight[:, None, None]
+    queries = queries * weight[:, None, None, None]
+    keys = _einsum("nm,mkd->nkd", standins, wk) * weight[:, None, None]
     itself = _einsum("nkgd,nkd->kg", queries, keys) / count
     others = _einsum("kgd,rde,ke->rkg", queries.sum(0) / count, rotations, keys.sum(0) / count)
-    logits = jnp.concatenate([itself[None], others[1:]]) / jnp.sqrt(jnp.float32(w.wq.shape[-1]))
+    logits = jnp.concatenate([itself[None], others[1:]]) / jnp.sqrt(jnp.float32(queries.shape[-1]))
     return jax.nn.softmax(logits, axis=0)[1]
 
 
@@ -291,7 +300,7 @@ class InductionPrediction:
         return int(prev_layer), int(prev_head)
 
 
-def _assemble(settings, ov, k_composition, terms, edge_strength, preprocessing, n_edges) -> InductionPrediction:
+def _assemble(settings, ov, k_composition, terms, edge_strength, preprocessing, n_edges, previous_token=None) -> InductionPrediction:
     """Predicted scores, source heads and the top edges from edge strengths f32[L, N, L, N]."""
     n_layers, n_heads = edge_strength.shape[:2]
     flat = edge_strength.reshape(n_layers * n_heads, n_layers, n_heads)
@@ -317,6 +326,7 @@ def _assemble(settings, ov, k_composition, terms, edge_strength, preprocessing, 
         source_heads=source_heads,
         edges=edges,
         preprocessing=preprocessing,
+        previous_token=previous_token,
     )
 
 
@@ -326,9 +336,8 @@ def _predict_kcomp_token_z(
     """The default method in one streaming pass over the layers (each layer's weights read once)."""
     reader = WeightReader(source, fold_norms=fold_norms)
     config = reader.config
-    n_layers, n_heads, n_kv, g, d = config.n_layers, config.n_heads, config.n_kv_heads, config.q_per_kv, config.head_dim
-    if product_dtype is None:
-        product_dtype = "bfloat16" if reader.preprocessing.weights_dtype == "bfloat16" else "float32"
+    n_layers, n_heads, n_kv, d = config.n_layers, config.n_heads, config.n_kv_heads, config.head_dim
+    product_dtype = product_dtype or default_product_dtype(reader)
     preprocessing = dataclasses.replace(reader.preprocessing, product_dtype=product_dtype, rope_offsets=settings.rope_offsets)
     rotation = None if settings.rope_offsets is None else jnp.asarray(rope_average(config, settings.rope_offsets))
     standins = TokenStandins(
@@ -347,11 +356,12 @@ def _predict_kcomp_token_z(
         w = reader.attention(layer)
         eigenvalues[layer] = ov_eigenvalues(unembed_embed, w.wv, w.wo)
         x, keep = standins.current()
-        previous_token[layer] = np.asarray(_previous_token_preference(w, x, jnp.asarray(keep), rotations)).reshape(-1)
+        keep = jnp.asarray(keep)
+        unrotated_keys = w.wk
         w = rotate_keys(w, rotation)
         later = _later_heads(w, x)
+        previous_token[layer] = np.asarray(_previous_token_preference(later.queries, unrotated_keys, x, keep, rotations)).reshape(-1)
         later = dataclasses.replace(later, wk=later.wk.astype(product_dtype))
-        keep = jnp.asarray(keep)
         for start in range(0, layer, block):
             stop = min(start + block, layer)
             composition, z = _edge_terms(_stack_block(earlier[start:stop], block), later, keep)
@@ -365,8 +375,8 @@ def _predict_kcomp_token_z(
     k_scores = CompositionScores("k", k_composition, *baseline, preprocessing)
     ov = HeadScores("ov_copying", copying_score(eigenvalues).astype(np.float32), preprocessing)
     edge_strength = k_scores.ratio() * np.clip(token_z, 0.0, None)
-    prediction = _assemble(settings, ov, k_scores, token_z, edge_strength.astype(np.float32), preprocessing, n_edges)
-    return dataclasses.replace(prediction, previous_token=HeadScores("previous_token_preference", previous_token, preprocessing))
+    previous = HeadScores("previous_token_preference", previous_token, preprocessing)
+    return _assemble(settings, ov, k_scores, token_z, edge_strength.astype(np.float32), preprocessing, n_edges, previous)
 
 
 def _predict_ov_kcomp_eigen(
