@@ -22,7 +22,7 @@ from flax import nnx
 from circuits.models.config import ModelConfig
 from circuits.models.interventions import Interventions
 from circuits.models.transformer import Transformer
-from circuits.progress import progress
+from circuits.utils import progress
 
 LOGITS_BUDGET_BYTES = 2 * 1024**3
 """Default chunk size keeps the float32 logits of one chunk (and their softmax) under this."""

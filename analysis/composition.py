@@ -24,7 +24,7 @@ from circuits.analysis.weights import AttentionWeights, WeightReader, gram_facto
 from circuits.convert.build import TensorSource
 from circuits.models.layers import einsum
 from circuits.models.config import ModelConfig
-from circuits.progress import progress
+from circuits.utils import progress
 
 KINDS = ("q", "k", "v")
 CHUNK_BYTES = 512 * 2**20  # bound on one block's intermediate product

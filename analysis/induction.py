@@ -49,9 +49,11 @@ from circuits.analysis.standins import DEFAULT_BLOWUP, DEFAULT_TOKENS, TokenStan
 from circuits.analysis.weights import AttentionWeights, Preprocessing, WeightReader, gram_factor
 from circuits.convert.build import TensorSource
 from circuits.models.layers import einsum
-from circuits.progress import progress
+from circuits.utils import progress, rounded_list
 
 METHODS = ("kcomp-token-z", "ov-kcomp-eigen")
+
+SCHEMA_VERSION = 2  # of InductionPrediction.to_dict
 
 
 def _flat_heads(w: AttentionWeights) -> tuple[jax.Array, jax.Array, jax.Array, jax.Array]:
@@ -298,6 +300,21 @@ class InductionPrediction:
         """The predicted previous-token head (layer, head) that induction head (layer, head) reads."""
         prev_layer, prev_head = self.source_heads[layer, head]
         return int(prev_layer), int(prev_head)
+
+    def to_dict(self, model_name: str) -> dict:
+        """A versioned, JSON-ready summary (the ``analyze --out`` file)."""
+        return {
+            "schema_version": SCHEMA_VERSION,
+            "model": model_name,
+            "method": self.method,
+            "settings": dataclasses.asdict(self.settings),
+            "preprocessing": dataclasses.asdict(self.preprocessing),
+            "ov_copying": rounded_list(self.ov_copying.scores),
+            "predicted_induction": rounded_list(self.predicted_induction.scores),
+            "source_heads": self.source_heads.tolist(),
+            "k_composition_baseline": {"mean": self.k_composition.baseline_mean, "std": self.k_composition.baseline_std},
+            "edges": [dataclasses.asdict(edge) for edge in self.edges],
+        }
 
 
 def _assemble(settings, ov, k_composition, terms, edge_strength, preprocessing, n_edges, previous_token=None) -> InductionPrediction:

@@ -10,7 +10,7 @@ from circuits.analysis.results import HeadScores
 from circuits.analysis.weights import WeightReader
 from circuits.convert.build import TensorSource
 from circuits.models.layers import einsum
-from circuits.progress import progress
+from circuits.utils import progress
 
 
 @jax.jit

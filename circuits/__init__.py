@@ -1,12 +1,37 @@
 """Find induction circuits in language-model checkpoints from the weights, then test them with forward passes.
 
-Public API: :func:`load` (a model), :func:`open_weights` (a streamed tensor source for
-weight-only analysis), :func:`load_tokenizer`; sub-packages :mod:`circuits.models`,
-:mod:`circuits.convert`, :mod:`circuits.analysis`.
+The public face, imported lazily so that ``import circuits.models`` stays light:
+
+- :func:`load` (a model), :func:`open_weights` (a streamed tensor source for weight-only
+  analysis), :func:`load_tokenizer` (from :mod:`circuits.convert`);
+- :func:`report` (the weight-only prediction validated by forward passes, :mod:`circuits.report`);
+- sub-packages :mod:`circuits.models`, :mod:`circuits.convert`, :mod:`circuits.analysis`,
+  and one per experiment: :mod:`circuits.report`, :mod:`circuits.icl`, :mod:`circuits.formation`.
 """
 
-from circuits.loading import load, open_weights
-from circuits.tokenizer import load_tokenizer
+from __future__ import annotations
+
+import importlib
 
 __version__ = "0.1.0"
-__all__ = ["load", "load_tokenizer", "open_weights", "__version__"]
+
+_PUBLIC = {
+    "load": "circuits.convert.loading",
+    "open_weights": "circuits.convert.loading",
+    "load_tokenizer": "circuits.convert.tokenizer",
+}
+_SUBPACKAGES = {"models", "convert", "analysis", "report", "icl", "formation"}
+
+__all__ = sorted(_PUBLIC) + ["report", "__version__"]
+
+
+def __getattr__(name: str):
+    if name in _PUBLIC:
+        return getattr(importlib.import_module(_PUBLIC[name]), name)
+    if name in _SUBPACKAGES:
+        return importlib.import_module(f"circuits.{name}")
+    raise AttributeError(f"module 'circuits' has no attribute {name!r}")
+
+
+def __dir__() -> list[str]:
+    return sorted(set(globals()) | set(_PUBLIC) | _SUBPACKAGES)

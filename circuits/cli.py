@@ -6,13 +6,13 @@ import argparse
 import sys
 from pathlib import Path
 
-from circuits.analysis.clamps import DEFAULT_CLAMPS
+from circuits.formation.clamps import DEFAULT_CLAMPS
 from circuits.analysis.induction import METHODS
 from circuits.convert.errors import CheckpointError
 from circuits.models.config import ConfigError
 from circuits.models.sharding import MeshError, parse_mesh
-from circuits.named_models import DEFAULT_MODEL, ModelDownloadError
-from circuits.resources import NotEnoughMemoryError
+from circuits.convert.named_models import DEFAULT_MODEL, ModelDownloadError
+from circuits.report.resources import NotEnoughMemoryError
 
 USER_ERRORS = (
     CheckpointError,
@@ -28,7 +28,7 @@ USER_ERRORS = (
 
 def _convert(args: argparse.Namespace) -> None:
     from circuits.convert.orbax_cache import save_cache
-    from circuits.loading import load
+    from circuits.convert.loading import load
 
     model = load(args.source, dtype=args.dtype)
     destination = save_cache(model, args.destination, overwrite=args.force)
@@ -36,7 +36,7 @@ def _convert(args: argparse.Namespace) -> None:
 
 
 def _info(args: argparse.Namespace) -> None:
-    from circuits.loading import load
+    from circuits.convert.loading import load
 
     model = load(args.model, dtype=args.dtype, mesh=parse_mesh(args.mesh) if args.mesh else None)
     for key, value in model.config.to_dict().items():
@@ -51,8 +51,8 @@ def _analyze(args: argparse.Namespace) -> None:
     from rich.table import Table
 
     from circuits.analysis.induction import predict_induction
-    from circuits.loading import open_weights
-    from circuits.output import atomic_write_text, prediction_to_dict
+    from circuits.convert.loading import open_weights
+    from circuits.utils import atomic_write_text
 
     source = open_weights(args.model)
     prediction = predict_induction(
@@ -86,7 +86,7 @@ def _analyze(args: argparse.Namespace) -> None:
         )
     console.print(edges)
     if args.out:
-        atomic_write_text(args.out, json.dumps(prediction_to_dict(prediction, str(args.model)), indent=2))
+        atomic_write_text(args.out, json.dumps(prediction.to_dict(str(args.model)), indent=2))
         console.print(f"wrote {args.out}")
 
 
@@ -94,7 +94,7 @@ def _report(args: argparse.Namespace) -> None:
     from rich.console import Console
     from rich.table import Table
 
-    from circuits.report import report
+    from circuits.report.experiment import report
 
     result = report(
         args.model,
@@ -132,9 +132,9 @@ def _icl(args: argparse.Namespace) -> None:
     from rich.console import Console
     from rich.table import Table
 
-    from circuits.icl_experiment import QUICK, ICLSettings, run_icl
-    from circuits.loading import load
-    from circuits.tokenizer import load_tokenizer
+    from circuits.icl.experiment import QUICK, ICLSettings, run_icl
+    from circuits.convert.loading import load
+    from circuits.convert.tokenizer import load_tokenizer
 
     tokenizer = load_tokenizer(args.model)
     model = load(args.model, dtype=args.dtype)
@@ -158,9 +158,9 @@ def _train(args: argparse.Namespace) -> None:
     from rich.console import Console
     from rich.table import Table
 
-    from circuits.analysis.clamps import Clamp
-    from circuits.formation import run_formation
-    from circuits.training import QUICK, TrainSettings
+    from circuits.formation.clamps import Clamp
+    from circuits.formation.experiment import run_formation
+    from circuits.formation.training import QUICK, TrainSettings
 
     settings = QUICK if args.quick else TrainSettings()
     names = ("task", "steps", "seed", "seeds", "checkpoint_every")
@@ -249,7 +249,7 @@ def use_compilation_cache() -> Path:
     compilation cache), so a second cold start of a command skips most compilation."""
     import jax
 
-    from circuits.named_models import cache_directory
+    from circuits.convert.named_models import cache_directory
 
     directory = cache_directory() / "xla"
     jax.config.update("jax_compilation_cache_dir", str(directory))

@@ -18,7 +18,7 @@ from circuits.convert.layout import GLOBAL_PARAMS
 from circuits.models.config import ModelConfig
 from circuits.models.sharding import check_mesh_fits, param_sharding
 from circuits.models.transformer import Transformer
-from circuits.progress import progress
+from circuits.utils import progress
 
 
 class TensorSource(Protocol):

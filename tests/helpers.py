@@ -1,4 +1,4 @@
-"""Helpers shared by the tests: tiny random HF Llama models and token batches."""
+"""Helpers shared by the tests: tiny random HF Llama models, token batches and greedy decoding."""
 
 import numpy as np
 import pytest
@@ -238,3 +238,22 @@ def smollm2():
 
     return circuits.load("smollm2-135m", show_progress=False)
 
+
+def greedy_continuation(model, prompt: list[int], max_new_tokens: int, stop: int | None = None) -> list[int]:
+    """Token ids that greedy decoding appends to ``prompt`` (at most ``max_new_tokens``, ending at ``stop``).
+
+    Every step runs the full causal forward on a fixed-length buffer, so the program
+    compiles once; positions after the current one are padding that causal attention
+    never reads. No KV cache: meant for short checks, not serving.
+    """
+    buffer = np.zeros((1, len(prompt) + max_new_tokens), dtype=np.int32)
+    buffer[0, : len(prompt)] = prompt
+    new: list[int] = []
+    for position in range(len(prompt), buffer.shape[1]):
+        logits = model(buffer)
+        token = int(np.argmax(np.asarray(logits[0, position - 1])))
+        buffer[0, position] = token
+        new.append(token)
+        if token == stop:
+            break
+    return new

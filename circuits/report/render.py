@@ -4,7 +4,7 @@ from __future__ import annotations
 
 import html
 
-from circuits.figures import circuit_graph, head_heatmap
+from circuits.plots import circuit_graph, head_heatmap
 
 READING_GUIDE = """\
 * **predicted induction** (weights only, method kcomp-token-z): the strongest edge from an earlier head j,

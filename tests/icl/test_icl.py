@@ -6,14 +6,14 @@ import pytest
 from helpers import random_transformer
 
 from circuits.analysis.ablation import heads_mask
-from circuits.analysis.icl import (
+from circuits.icl.scoring import (
     accuracy,
     category_map,
     encode_prompts,
     label_log_likelihoods,
     pattern_matching_batch,
 )
-from circuits.analysis.icl_tasks import CATEGORIES, LABELS, TASKS, Prompt, few_shot_prompts
+from circuits.icl.tasks import CATEGORIES, LABELS, TASKS, Prompt, few_shot_prompts
 from circuits.analysis.losses import token_losses
 from circuits.analysis.targets import induction_targets
 from circuits.models import Interventions
@@ -105,7 +105,7 @@ def test_category_map_and_pattern_matching_targets():
 def test_run_icl_wires_every_condition(model, tmp_path):
     from tokenizers import Tokenizer, models
 
-    from circuits.icl_experiment import ICLSettings, run_icl
+    from circuits.icl.experiment import ICLSettings, run_icl
 
     tokenizer = Tokenizer(models.BPE(vocab={chr(i): i for i in range(128)}, merges=[]))
     settings = ICLSettings(fractions=(0.25,), prompts_per_task=4, random_seeds=(0, 1), selection_seeds=(0,))

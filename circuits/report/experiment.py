@@ -1,7 +1,7 @@
 """``circuits.report``: weight-only induction-circuit prediction, optionally validated by forward passes.
 
 The :class:`CircuitReport` is plain data (numpy arrays and numbers) with a versioned JSON
-schema; Markdown and self-contained HTML renderings live in :mod:`circuits.render`.
+schema; Markdown and self-contained HTML renderings live in :mod:`circuits.report.render`.
 """
 
 from __future__ import annotations
@@ -28,8 +28,7 @@ from circuits.analysis.attention_scores import attention_scores, copying_scores
 from circuits.analysis.induction import InductionEdge, predict_induction
 from circuits.analysis.repeated_tokens import repeated_random_tokens
 from circuits.analysis.targets import induction_targets
-from circuits.output import rounded_list, write_files
-from circuits.progress import progress
+from circuits.utils import progress, rounded_list, write_files
 
 SCHEMA_VERSION = 2
 PREVIOUS_TOKEN_THRESHOLD = 0.5
@@ -132,12 +131,12 @@ class CircuitReport:
         return cls.from_dict(json.loads(text))
 
     def to_markdown(self) -> str:
-        from circuits.render import report_markdown
+        from circuits.report.render import report_markdown
 
         return report_markdown(self)
 
     def to_html(self) -> str:
-        from circuits.render import report_html
+        from circuits.report.render import report_html
 
         return report_html(self)
 
@@ -214,7 +213,7 @@ def report(
     loads the model once (onto ``mesh`` if given) and runs the forward passes. ``k``: how many heads
     count as "top" (default: 3% of all heads).
     """
-    from circuits.loading import checkpoint_kind, load, open_weights, resolve
+    from circuits.convert.loading import checkpoint_kind, load, open_weights, resolve
     from circuits.models.transformer import Transformer
 
     if isinstance(model, Transformer):
@@ -254,7 +253,7 @@ def report(
 def _check_validation_fits(config, dtype, mesh) -> None:
     """Refuse up front a validation run that cannot fit (mesh that does not divide the KV heads, too little memory)."""
     from circuits.models.sharding import check_mesh_fits
-    from circuits.resources import check_fits, dtype_bytes, validation_memory_bytes
+    from circuits.report.resources import check_fits, dtype_bytes, validation_memory_bytes
 
     if mesh is not None:
         check_mesh_fits(mesh, config.n_kv_heads)

@@ -7,7 +7,7 @@ import pytest
 from helpers import arange_llama, write_hf_checkpoint
 
 from circuits.cli import main
-from circuits.report import CircuitReport, report
+from circuits.report.experiment import CircuitReport, report
 
 
 @pytest.fixture(scope="module")
@@ -72,9 +72,9 @@ def test_cli_errors_name_cause_and_fix_and_write_nothing(tmp_path, capsys, monke
     mesh_error = run_failing(["report", str(tmp_path / "llama"), "--validate", "--mesh", "data=1,model=8", "--out", str(out)], capsys)
     assert "2 KV heads" in mesh_error or "kv heads" in mesh_error.lower()
 
-    import circuits.resources
+    import circuits.report.resources
 
-    monkeypatch.setattr(circuits.resources, "available_memory_bytes", lambda: 1000)
+    monkeypatch.setattr(circuits.report.resources, "available_memory_bytes", lambda: 1000)
     memory_error = run_failing(["report", str(tmp_path / "llama"), "--validate", "--out", str(out)], capsys)
     assert "needs about" in memory_error and "without --validate" in memory_error
     assert not out.exists() and not list(tmp_path.glob(".never*"))

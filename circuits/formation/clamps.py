@@ -23,7 +23,7 @@ import re
 import jax.numpy as jnp
 import numpy as np
 
-from circuits.analysis.formation_tasks import TaskBatch
+from circuits.formation.tasks import TaskBatch
 from circuits.analysis.targets import previous_token_targets
 from circuits.models.config import ModelConfig
 from circuits.models.interventions import Interventions

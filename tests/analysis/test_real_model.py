@@ -11,9 +11,9 @@ from helpers import torch_logits
 
 import circuits
 from circuits.analysis.repeated_tokens import repeated_random_tokens
-from circuits.generate import greedy_continuation
-from circuits.loading import resolve
-from circuits.named_models import NAMED_MODELS, ModelDownloadError, fetch_named_model
+from helpers import greedy_continuation
+from circuits.convert.loading import resolve
+from circuits.convert.named_models import NAMED_MODELS, ModelDownloadError, fetch_named_model
 
 TEXTS = ["The capital of France is", "Hello  world 12345!\n\nfoo:Bar", "it's 3.14 — naïve café <|im_start|>user"]
 

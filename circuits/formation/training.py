@@ -19,9 +19,9 @@ import optax
 import orbax.checkpoint as ocp
 from flax import nnx
 
-from circuits.analysis.clamps import Clamp
-from circuits.analysis.dynamics import Measures, evaluate_fn, measure, phase_change_step, query_losses
-from circuits.analysis.formation_tasks import FewShotTask, RepeatTask, TaskBatch
+from circuits.formation.clamps import Clamp
+from circuits.formation.measures import Measures, evaluate_fn, measure, phase_change_step, query_losses
+from circuits.formation.tasks import FewShotTask, RepeatTask, TaskBatch
 from circuits.models.config import ModelConfig
 from circuits.models.transformer import Transformer
 

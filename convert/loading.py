@@ -13,8 +13,8 @@ from circuits.convert.errors import CheckpointError
 from circuits.convert.gguf_checkpoint import GGUFCheckpoint
 from circuits.convert.hf_checkpoint import HFCheckpoint
 from circuits.convert.orbax_cache import is_cache, load_cache
-from circuits.demo import DEMO_NAME, planted_induction_model
-from circuits.named_models import NAMED_MODELS, fetch_named_model
+from circuits.models.demo import DEMO_NAME, planted_induction_model
+from circuits.convert.named_models import NAMED_MODELS, fetch_named_model
 from circuits.models.transformer import Transformer
 
 FORMATS = (

@@ -68,7 +68,7 @@ def tokenizer_from_gguf(path: str | Path) -> Tokenizer:
 
 def load_tokenizer(path: str | Path) -> Tokenizer:
     """The tokenizer of a model name, GGUF file, or HF directory (its ``tokenizer.json``)."""
-    from circuits.loading import resolve
+    from circuits.convert.loading import resolve
 
     path = Path(resolve(path))
     if path.suffix == ".gguf":

@@ -18,19 +18,19 @@ import numpy as np
 from circuits.analysis.ablation import heads_mask, mean_head_outputs
 from circuits.analysis.agreement import heads_for_fraction, random_heads, top_heads
 from circuits.analysis.attention_scores import prefix_matching_scores
-from circuits.analysis.icl import (
+from circuits.icl.scoring import (
     accuracy,
     category_map,
     encode_prompts,
     label_log_likelihoods,
     pattern_matching_heads,
 )
-from circuits.analysis.icl_tasks import TASKS, few_shot_prompts
+from circuits.icl.tasks import TASKS, few_shot_prompts
 from circuits.analysis.repeated_tokens import repeated_random_tokens
 from circuits.analysis.targets import category_targets, induction_targets
 from circuits.models.interventions import Interventions
-from circuits.output import write_files
-from circuits.progress import progress
+from circuits.utils import write_files
+from circuits.utils import progress
 
 
 @dataclasses.dataclass(frozen=True)

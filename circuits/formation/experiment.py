@@ -20,11 +20,11 @@ import matplotlib.pyplot as plt  # noqa: E402
 
 import numpy as np  # noqa: E402
 
-from circuits.analysis.clamps import DEFAULT_CLAMPS, Clamp  # noqa: E402
-from circuits.analysis.dynamics import Measures  # noqa: E402
-from circuits.output import write_files  # noqa: E402
-from circuits.progress import step_progress  # noqa: E402
-from circuits.training import RunResult, Trainer, TrainSettings  # noqa: E402
+from circuits.formation.clamps import DEFAULT_CLAMPS, Clamp  # noqa: E402
+from circuits.formation.measures import Measures  # noqa: E402
+from circuits.utils import write_files  # noqa: E402
+from circuits.utils import step_progress  # noqa: E402
+from circuits.formation.training import RunResult, Trainer, TrainSettings  # noqa: E402
 
 FORMAT = "circuits-formation"
 VERSION = 1
