@@ -8,7 +8,7 @@ import numpy as np
 
 from circuits.analysis.results import HeadScores
 from circuits.analysis.weights import WeightReader
-from circuits.convert.build import TensorSource
+from circuits.models.layout import TensorSource
 from circuits.models.layers import einsum
 from circuits.utils import progress
 

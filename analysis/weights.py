@@ -14,7 +14,7 @@ import jax
 import jax.numpy as jnp
 import numpy as np
 
-from circuits.convert.build import TensorSource
+from circuits.models.layout import TensorSource
 from circuits.models.config import ModelConfig
 
 VOCAB_CHUNK = 8192

@@ -1,6 +1,6 @@
 """Checkpoint readers (HF safetensors for Llama and InternLM2, GGUF, Orbax cache) into the canonical parameter layout."""
 
-from circuits.convert.build import TensorSource, build_transformer, resolve_dtype
+from circuits.convert.build import build_transformer, resolve_dtype
 from circuits.convert.errors import CheckpointError
 from circuits.convert.gguf_checkpoint import GGUFCheckpoint
 from circuits.convert.hf_checkpoint import ARCHITECTURES, HFCheckpoint, register_architecture
@@ -13,7 +13,6 @@ __all__ = [
     "GGUFCheckpoint",
     "HFCheckpoint",
     "SafetensorsFile",
-    "TensorSource",
     "build_transformer",
     "is_cache",
     "load_cache",

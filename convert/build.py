@@ -6,31 +6,17 @@ model is never held twice, and nothing is randomly initialised first.
 
 from __future__ import annotations
 
-from typing import Protocol
-
 import jax
 import jax.numpy as jnp
 import numpy as np
 from flax import nnx
 from jax.sharding import Mesh
 
-from circuits.convert.layout import GLOBAL_PARAMS
 from circuits.models.config import ModelConfig
+from circuits.models.layout import GLOBAL_PARAMS, TensorSource
 from circuits.models.sharding import check_mesh_fits, param_sharding
 from circuits.models.transformer import Transformer
 from circuits.utils import progress
-
-
-class TensorSource(Protocol):
-    """Anything that yields canonical tensors: an HF directory, a GGUF file, ..."""
-
-    config: ModelConfig
-    description: str
-
-    @property
-    def dtype(self) -> np.dtype: ...
-
-    def tensor(self, name: str, layer: int | None = None) -> np.ndarray: ...
 
 
 def resolve_dtype(dtype, default) -> jnp.dtype:

@@ -1,4 +1,4 @@
-"""Name tables: how a checkpoint family's tensors map onto the canonical layout.
+"""Name tables: how a checkpoint family's tensors map onto the canonical layout (:mod:`circuits.models.layout`).
 
 A :class:`TensorRule` names one stored tensor (``{i}`` = layer index), its stored shape
 for a config, and how to cut it into canonical tensors. Readers use the table both to
@@ -14,36 +14,6 @@ from typing import Callable
 import numpy as np
 
 from circuits.models.config import ModelConfig
-
-GLOBAL_PARAMS = ("embed", "final_norm", "unembed")
-LAYER_PARAMS = ("attn_norm", "wq", "wk", "wv", "wo", "mlp_norm", "w_gate", "w_up", "w_down")
-
-
-def canonical_shape(name: str, config: ModelConfig) -> tuple[int, ...]:
-    """Shape of canonical parameter ``name`` (one layer's, for per-layer parameters)."""
-    m, k, g, d = config.d_model, config.n_kv_heads, config.q_per_kv, config.head_dim
-    return {
-        "embed": (config.vocab_size, m),
-        "final_norm": (m,),
-        "unembed": (m, config.vocab_size),
-        "attn_norm": (m,),
-        "mlp_norm": (m,),
-        "wq": (m, k, g, d),
-        "wk": (m, k, d),
-        "wv": (m, k, d),
-        "wo": (k, g, d, m),
-        "w_gate": (m, config.d_mlp),
-        "w_up": (m, config.d_mlp),
-        "w_down": (config.d_mlp, m),
-    }[name]
-
-
-def expected_params(config: ModelConfig) -> tuple[tuple[str, ...], tuple[str, ...]]:
-    """(global names, per-layer names) that a model with ``config`` has."""
-    global_names = tuple(n for n in GLOBAL_PARAMS if not (n == "unembed" and config.tie_embeddings))
-    layer_names = tuple(n for n in LAYER_PARAMS if not (config.attention_only and n in ("mlp_norm", "w_gate", "w_up", "w_down")))
-    return global_names, layer_names
-
 
 @dataclasses.dataclass(frozen=True)
 class TensorRule:

@@ -14,7 +14,8 @@ from typing import Callable
 import numpy as np
 
 from circuits.convert.errors import CheckpointError
-from circuits.convert.layout import TensorRule, canonical_shape, expected_params
+from circuits.convert.layout import TensorRule
+from circuits.models.layout import canonical_shape, expected_params
 from circuits.models.config import ModelConfig
 
 

@@ -11,6 +11,8 @@ import jax
 import numpy as np
 from jax.sharding import Mesh, NamedSharding, PartitionSpec
 
+from circuits.models.layout import PARAM_AXES
+
 LOGICAL_TO_MESH: dict[str, str | None] = {
     "batch": "data",
     "kv_heads": "model",
@@ -21,23 +23,6 @@ LOGICAL_TO_MESH: dict[str, str | None] = {
     "q_per_kv": None,
     "head_dim": None,
 }
-
-PARAM_AXES: dict[str, tuple[str, ...]] = {
-    "embed": ("vocab", "d_model"),
-    "unembed": ("d_model", "vocab"),
-    "final_norm": ("d_model",),
-    "attn_norm": ("layers", "d_model"),
-    "mlp_norm": ("layers", "d_model"),
-    "wq": ("layers", "d_model", "kv_heads", "q_per_kv", "head_dim"),
-    "wk": ("layers", "d_model", "kv_heads", "head_dim"),
-    "wv": ("layers", "d_model", "kv_heads", "head_dim"),
-    "wo": ("layers", "kv_heads", "q_per_kv", "head_dim", "d_model"),
-    "w_gate": ("layers", "d_model", "mlp"),
-    "w_up": ("layers", "d_model", "mlp"),
-    "w_down": ("layers", "mlp", "d_model"),
-}
-"""Logical axes of every canonical parameter, keyed by its leaf name."""
-
 
 class MeshError(ValueError):
     """A mesh that cannot hold this model (e.g. KV heads not divisible by the model axis)."""

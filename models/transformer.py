@@ -12,6 +12,7 @@ from flax import nnx
 from circuits.models.attention import Attention
 from circuits.models.config import ModelConfig
 from circuits.models.interventions import Interventions, check_capture
+from circuits.models.layout import ATTENTION_PARAMS, MLP_PARAMS
 from circuits.models.layers import MLP, WEIGHT_INIT, einsum, rms_norm
 from circuits.models.rope import rotary_tables
 
@@ -106,7 +107,7 @@ class Transformer(nnx.Module):
             return self.unembedding()
         if name in ("embed", "final_norm"):
             return getattr(self, name)[...]
-        holder = self.blocks.attn if name in ("wq", "wk", "wv", "wo") else self.blocks.mlp if name.startswith("w_") else self.blocks
+        holder = self.blocks.attn if name in ATTENTION_PARAMS else self.blocks.mlp if name in MLP_PARAMS else self.blocks
         return getattr(holder, name)[...][layer]
 
     def unembedding(self) -> jax.Array:

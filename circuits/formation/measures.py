@@ -74,14 +74,15 @@ def copy_scores(model: Transformer, captured: dict[str, jax.Array], batch: TaskB
     captured: ``resid_pre`` and ``resid_post`` [L, B, T, M] of the same forward.
     """
     config = model.config
-    normed = rms_norm(captured["resid_pre"][-1], model.blocks.attn_norm[...][-1], config.rms_norm_eps)
+    last = config.n_layers - 1
+    normed = rms_norm(captured["resid_pre"][-1], model.tensor("attn_norm", last), config.rms_norm_eps)
     correct_key = jnp.argmax(batch.correct_keys, axis=-1)  # [B, T]
     at_key = jnp.take_along_axis(normed, correct_key[..., None], axis=1)  # [B, T, M]
-    values = einsum("btm,mkd->btkd", at_key, model.blocks.attn.wv[...][-1])
-    outputs = einsum("btkd,kgdm->btkgm", values, model.blocks.attn.wo[...][-1]).astype(jnp.float32)
+    values = einsum("btm,mkd->btkd", at_key, model.tensor("wv", last))
+    outputs = einsum("btkd,kgdm->btkgm", values, model.tensor("wo", last)).astype(jnp.float32)
     final = captured["resid_post"][-1].astype(jnp.float32)
     inverse_rms = jax.lax.rsqrt(jnp.mean(final * final, axis=-1) + config.rms_norm_eps)  # [B, T]
-    unembed = (model.final_norm[...][:, None] * model.unembedding()).astype(jnp.float32)  # [M, V]
+    unembed = (model.tensor("final_norm")[:, None] * model.tensor("unembed")).astype(jnp.float32)  # [M, V]
     target_direction = jnp.take(unembed, batch.targets, axis=1) - unembed.mean(axis=1)[:, None, None]  # [M, B, T]
     margins = einsum("btkgm,mbt->btkg", outputs, target_direction) * inverse_rms[:, :, None, None]
     rows = batch.loss_mask.astype(jnp.float32)

@@ -49,6 +49,7 @@ class TrainSettings:
     n_heads: int = 8
     n_kv_heads: int | None = None  # None: multi-head attention (n_heads KV heads)
     d_mlp: int = 0  # 0: attention-only
+    tie_embeddings: bool = False  # unembedding = embeddingᵀ
     n_pairs: int = 3
     n_classes: int = 256
     n_labels: int = 16
@@ -79,8 +80,8 @@ class TrainSettings:
         return RepeatTask(self.vocab_size, self.min_length, self.max_length)
 
     def model_config(self) -> ModelConfig:
-        """The pre-norm RoPE model (untied unembedding): attention-only by default, Llama-style with
-        ``d_mlp`` > 0 and grouped-query attention with ``n_kv_heads`` < ``n_heads``."""
+        """The pre-norm RoPE model: attention-only by default, Llama-style with ``d_mlp`` > 0, grouped-query
+        attention with ``n_kv_heads`` < ``n_heads``, and a tied unembedding with ``tie_embeddings``."""
         return ModelConfig(
             vocab_size=self.formation_task.vocab_size,
             d_model=self.d_model,
@@ -91,6 +92,7 @@ class TrainSettings:
             d_mlp=self.d_mlp,
             max_position_embeddings=self.formation_task.seq_len,
             architecture="llama" if self.d_mlp else "attention-only",
+            tie_embeddings=self.tie_embeddings,
         )
 
     def identity(self) -> dict:

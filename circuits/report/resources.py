@@ -5,6 +5,7 @@ from __future__ import annotations
 import os
 
 from circuits.models.config import ModelConfig
+from circuits.models.layout import parameter_count
 
 
 class NotEnoughMemoryError(MemoryError):
@@ -21,12 +22,6 @@ def available_memory_bytes() -> int:
     except OSError:
         pass
     return os.sysconf("SC_PAGE_SIZE") * os.sysconf("SC_PHYS_PAGES")
-
-
-def parameter_count(config: ModelConfig) -> int:
-    m, n, k, d, f = config.d_model, config.n_heads, config.n_kv_heads, config.head_dim, config.d_mlp
-    per_layer = m * (n + 2 * k) * d + n * d * m + 3 * m * f + 2 * m
-    return config.vocab_size * m * (1 if config.tie_embeddings else 2) + config.n_layers * per_layer + m
 
 
 def validation_memory_bytes(config: ModelConfig, dtype_bytes: int, batch: int, seq_len: int) -> int:
