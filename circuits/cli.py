@@ -1,4 +1,5 @@
-"""The ``circuits`` command line."""
+"""circuits: find induction circuits in a language-model checkpoint from its weights alone, then test the
+prediction with jitted forward passes (head ablation, attention knockout)."""
 
 from __future__ import annotations
 
@@ -13,6 +14,18 @@ from circuits.models.config import ConfigError
 from circuits.models.sharding import MeshError, parse_mesh
 from circuits.convert.named_models import DEFAULT_MODEL, ModelDownloadError
 from circuits.report.resources import NotEnoughMemoryError
+from circuits.utils import OutputError, check_output_directory, check_output_file, head_label
+
+EXAMPLES = f"""examples:
+  circuits analyze                          weight-only prediction for {DEFAULT_MODEL} (fetched on first use)
+  circuits analyze Meta-Llama-3-8B/ --out pred.json
+  circuits report --validate --out report   prediction + forward-pass evidence as JSON, Markdown, HTML
+  circuits icl --quick --out icl            in-context learning with induction heads ablated
+  circuits train --quick --out formation    watch induction heads form, with pattern clamps
+  circuits convert model.gguf cache/ && circuits info cache/
+
+Every failure exits 2 with one line naming the cause and the fix."""
+DTYPES = ("float32", "bfloat16", "float16")
 
 USER_ERRORS = (
     CheckpointError,
@@ -22,6 +35,7 @@ USER_ERRORS = (
     NotEnoughMemoryError,
     FileNotFoundError,
     FileExistsError,
+    OutputError,
     ValueError,
 )
 
@@ -38,23 +52,29 @@ def _convert(args: argparse.Namespace) -> None:
 def _info(args: argparse.Namespace) -> None:
     from circuits.convert.loading import load
 
+    from circuits.convert.loading import provenance
+
     model = load(args.model, dtype=args.dtype, mesh=parse_mesh(args.mesh) if args.mesh else None)
+    for key, value in provenance(args.model).items():
+        print(f"{key:>26}: {value}")
     for key, value in model.config.to_dict().items():
         print(f"{key:>26}: {value}")
-    print(f"{'dtype':>26}: {model.dtype}")
+    print(f"{'loaded as':>26}: {model.dtype}")
 
 
 def _analyze(args: argparse.Namespace) -> None:
-    import json
-
     from rich.console import Console
     from rich.table import Table
 
     from circuits.analysis.induction import predict_induction
     from circuits.convert.loading import open_weights
-    from circuits.utils import atomic_write_text
+    from circuits.utils import atomic_write_text, json_text
 
+    if args.out:
+        check_output_file(args.out)
     source = open_weights(args.model)
+    if args.top > source.config.n_layers * source.config.n_heads:
+        raise ValueError(f"--top {args.top} is more than the model's {source.config.n_layers * source.config.n_heads} heads; fix: choose a smaller --top")
     prediction = predict_induction(
         source,
         method=args.method,
@@ -71,23 +91,25 @@ def _analyze(args: argparse.Namespace) -> None:
         heads.add_column(column, justify="right")
     for layer, head, score in prediction.predicted_induction.top(args.top):
         prev_layer, prev_head = prediction.source_of(layer, head)
-        heads.add_row(str(layer), str(head), f"{score:.3f}", f"L{prev_layer}H{prev_head}", f"{prediction.ov_copying.scores[layer, head]:+.3f}")
+        heads.add_row(str(layer), str(head), f"{score:.3f}", head_label(prev_layer, prev_head), f"{prediction.ov_copying.scores[layer, head]:+.3f}")
     console.print(heads)
     edges = Table(title="Predicted previous-token head -> induction head edges")
     for column in ("previous-token head", "induction head", "strength", "K-comp / baseline", "token term"):
         edges.add_column(column, justify="right")
     for edge in prediction.edges:
         edges.add_row(
-            f"L{edge.prev_layer}H{edge.prev_head}",
-            f"L{edge.layer}H{edge.head}",
+            head_label(edge.prev_layer, edge.prev_head),
+            head_label(edge.layer, edge.head),
             f"{edge.score:.3f}",
             f"{edge.k_composition_ratio:.2f}x",
             f"{edge.token_term:+.3f}",
         )
     console.print(edges)
     if args.out:
-        atomic_write_text(args.out, json.dumps(prediction.to_dict(str(args.model)), indent=2))
+        atomic_write_text(args.out, json_text(prediction.to_dict(str(args.model))))
         console.print(f"wrote {args.out}")
+    else:
+        console.print("nothing saved; add --out FILE.json to keep the full results")
 
 
 def _report(args: argparse.Namespace) -> None:
@@ -96,6 +118,7 @@ def _report(args: argparse.Namespace) -> None:
 
     from circuits.report.experiment import report
 
+    check_output_directory(args.out, ("report.json", "report.md", "report.html"))
     result = report(
         args.model,
         validate=args.validate,
@@ -108,10 +131,10 @@ def _report(args: argparse.Namespace) -> None:
     console = Console()
     v = result.validation
     table = Table(title=f"Top {result.k} predicted induction heads (weights only): {args.model}")
-    for column in ["head", "predicted induction", "OV copying"] + (["prefix matching", "confirmed"] if v else []):
+    for column in ["head", "predicted induction", "source head"] + (["prefix matching", "confirmed"] if v else []):
         table.add_column(column, justify="right")
     for layer, head, score in result.top_predicted():
-        row = [f"L{layer}H{head}", f"{score:.3f}", f"{result.ov_copying[layer, head]:+.3f}"]
+        row = [head_label(layer, head), f"{score:.3f}", head_label(*result.source_of(layer, head))]
         if v:
             row += [f"{v.prefix_matching[layer, head]:.3f}", "yes" if (layer, head) in v.confirmed else "no"]
         table.add_row(*row)
@@ -120,8 +143,9 @@ def _report(args: argparse.Namespace) -> None:
         a = v.ablation
         console.print(
             f"forward passes confirmed {len(v.confirmed)} of the top {result.k} predicted heads "
-            f"(prefix matching >= {v.confirm_threshold}); ablating them raises the loss on repeated tokens by "
-            f"{a.increase:+.2f} nats vs {a.random_increase:+.2f} for {a.k} random heads"
+            f"(prefix matching >= {v.confirm_threshold}). Zero-ablating all {result.k} predicted heads raises the loss "
+            f"on repeated tokens by {a.increase:+.2f} nats; {a.k} random heads: {a.random_increase:+.2f}; the {result.k} "
+            f"measured induction heads: {v.measured_top_ablated_loss - a.clean_loss:+.2f}"
         )
     else:
         console.print("weight-only report; add --validate to test the prediction with forward passes")
@@ -136,6 +160,8 @@ def _icl(args: argparse.Namespace) -> None:
     from circuits.convert.loading import load
     from circuits.convert.tokenizer import load_tokenizer
 
+    if args.out:
+        check_output_directory(args.out, ("icl.json", "icl.md", "icl.png"))
     tokenizer = load_tokenizer(args.model)
     model = load(args.model, dtype=args.dtype)
     result = run_icl(model, tokenizer, str(args.model), QUICK if args.quick else ICLSettings())
@@ -146,7 +172,7 @@ def _icl(args: argparse.Namespace) -> None:
         table.add_row(task, condition, f"{value:.3f}", f"{drop:+.3f}", f"{spread:.3f}")
     console = Console()
     console.print(table)
-    console.print("pattern-matching heads: " + ", ".join(f"L{l}H{h} {s:.3f}" for l, h, s in result.pattern_matching_heads))
+    console.print("pattern-matching heads: " + ", ".join(f"{head_label(l, h)} {s:.3f}" for l, h, s in result.pattern_matching_heads))
     if args.out:
         out = result.write(args.out)
         console.print(f"wrote {out / 'icl.json'}, {out / 'icl.md'}, {out / 'icl.png'}")
@@ -168,6 +194,7 @@ def _train(args: argparse.Namespace) -> None:
     settings = dataclasses.replace(settings, **overrides)
     clamps = tuple(Clamp.parse(spec) for spec in (args.clamp or DEFAULT_CLAMPS))
     out = Path(args.out)
+    check_output_directory(out, ("formation.json", "formation.png", "formation.svg"), keep=("checkpoints",))
     result = run_formation(settings, clamps, out)
     directory = result.write(out)
     table = Table(title=f"Induction-head formation ({settings.task} task, {settings.steps} steps)")
@@ -182,65 +209,93 @@ def _train(args: argparse.Namespace) -> None:
     console.print(f"wrote {', '.join(str(directory / n) for n in ('formation.json', 'formation.png', 'formation.svg'))}; checkpoints in {out / 'checkpoints'}")
 
 
-def build_parser() -> argparse.ArgumentParser:
-    parser = argparse.ArgumentParser(prog="circuits", description=__doc__)
-    commands = parser.add_subparsers(dest="command", required=True)
+class _HelpFormatter(argparse.ArgumentDefaultsHelpFormatter, argparse.RawDescriptionHelpFormatter):
+    """Defaults shown after every flag's help (those without one say it in words); examples kept as written."""
 
-    convert = commands.add_parser("convert", help="convert a checkpoint once into a fast Orbax cache")
+    def _get_help_string(self, action):
+        if action.default is None or action.default is False:
+            return action.help
+        return super()._get_help_string(action)
+
+
+def _positive(text: str) -> int:
+    value = int(text)
+    if value <= 0:
+        raise argparse.ArgumentTypeError(f"{value} is not a positive integer")
+    return value
+
+
+def _add_model(parser: argparse.ArgumentParser, what: str = "the checkpoint") -> None:
+    parser.add_argument("model", nargs="?", default=DEFAULT_MODEL,
+                        help=f"{what}: an HF directory, a safetensors index, a .gguf file, a `circuits convert` cache, "
+                             "a model name (fetched on first use) or 'demo-induction'")
+
+
+def _add_dtype(parser: argparse.ArgumentParser, purpose: str) -> None:
+    parser.add_argument("--dtype", choices=DTYPES, default=None, help=f"{purpose} (default: the checkpoint's own)")
+
+
+def build_parser() -> argparse.ArgumentParser:
+    from circuits import __version__
+
+    parser = argparse.ArgumentParser(prog="circuits", description=__doc__, epilog=EXAMPLES, formatter_class=_HelpFormatter)
+    parser.add_argument("--version", action="version", version=f"circuits {__version__}")
+    commands = parser.add_subparsers(dest="command", required=True, metavar="COMMAND")
+
+    def command(name: str, help_text: str, run) -> argparse.ArgumentParser:
+        sub = commands.add_parser(name, help=help_text, description=help_text, formatter_class=_HelpFormatter)
+        sub.set_defaults(run=run)
+        return sub
+
+    convert = command("convert", "convert a checkpoint once into an Orbax cache that loads fast", _convert)
     convert.add_argument("source", help="HF directory, safetensors index, GGUF file or model name")
     convert.add_argument("destination", help="new directory for the Orbax cache")
-    convert.add_argument("--dtype", default=None, help="store as this dtype (default: the checkpoint's)")
-    convert.add_argument("--force", action="store_true", help="replace an existing destination")
-    convert.set_defaults(run=_convert)
+    _add_dtype(convert, "store the cache in this dtype")
+    convert.add_argument("--force", action="store_true", help="replace an existing cache written by circuits convert")
 
-    info = commands.add_parser("info", help="load a checkpoint and print its configuration")
-    info.add_argument("model")
-    info.add_argument("--dtype", default=None)
-    info.add_argument("--mesh", default=None, help="e.g. data=1,model=8")
-    info.set_defaults(run=_info)
+    info = command("info", "load a checkpoint and print where it comes from and its configuration", _info)
+    _add_model(info)
+    _add_dtype(info, "load in this dtype")
+    info.add_argument("--mesh", default=None, help="shard onto devices, e.g. data=1,model=8")
 
-    analyze = commands.add_parser("analyze", help="predict induction heads and circuits from the weights alone")
-    analyze.add_argument("model", nargs="?", default=DEFAULT_MODEL, help=f"HF directory, GGUF file, cache, model name (default {DEFAULT_MODEL}) or demo name")
-    analyze.add_argument("--out", default=None, help="also write the full results as JSON here")
-    analyze.add_argument("--top", type=int, default=10, help="rows to show")
+    analyze = command("analyze", "predict induction heads and circuits from the weights alone (streams the weights)", _analyze)
+    _add_model(analyze)
+    analyze.add_argument("--out", default=None, help="also write the full results as JSON to this file")
+    analyze.add_argument("--top", type=_positive, default=10, help="heads and edges to show")
     analyze.add_argument("--method", choices=METHODS, default=METHODS[0],
                          help="kcomp-token-z: RoPE-averaged K-composition x token-level prefix-matching z-score on MLP "
-                              "stand-ins (default); ov-kcomp-eigen: the earlier OV-copying-weighted score, for comparison")
-    analyze.add_argument("--tokens", type=int, default=1024, help="token stand-ins sampled for kcomp-token-z (default 1024)")
-    analyze.add_argument("--token-seed", type=int, default=0, help="seed of the token sample (default 0)")
-    analyze.add_argument("--max-pairs", type=int, default=4096, help="head pairs that get eigenvalue terms (ov-kcomp-eigen only)")
-    analyze.add_argument("--no-fold-norms", action="store_true", help="score raw weights (norm gains not folded)")
-    analyze.set_defaults(run=_analyze)
+                              "stand-ins; ov-kcomp-eigen: the earlier OV-copying-weighted score, for comparison")
+    analyze.add_argument("--tokens", type=_positive, default=1024, help="token stand-ins sampled for kcomp-token-z")
+    analyze.add_argument("--token-seed", type=int, default=0, help="seed of the token sample")
+    analyze.add_argument("--max-pairs", type=_positive, default=4096, help="head pairs that get eigenvalue terms (ov-kcomp-eigen only)")
+    analyze.add_argument("--no-fold-norms", action="store_true", help="score raw weights (RMSNorm gains not folded in)")
 
-    report = commands.add_parser("report", help="weight-only circuit report (JSON, Markdown, HTML), --validate to test it")
-    report.add_argument("model", nargs="?", default=DEFAULT_MODEL, help=f"HF directory, safetensors index, GGUF file, cache, model name or demo name (default {DEFAULT_MODEL})")
-    report.add_argument("--out", default="circuits-report", help="directory for report.json, report.md, report.html")
+    report = command("report", "weight-only circuit report (JSON, Markdown, HTML); --validate tests it with forward passes", _report)
+    _add_model(report)
+    report.add_argument("--out", default="circuits-report", help="directory for report.json, report.md and report.html")
     report.add_argument("--validate", action="store_true", help="load the model and test the prediction with forward passes")
     report.add_argument("--mesh", default=None, help="shard the validation over devices, e.g. data=1,model=8")
-    report.add_argument("--dtype", default=None, help="dtype for the validation forward passes (default: the checkpoint's)")
-    report.add_argument("--top", type=int, default=None, help="how many heads count as top (default 3%% of all heads)")
-    report.add_argument("--no-fold-norms", action="store_true", help="score raw weights (norm gains not folded)")
-    report.set_defaults(run=_report)
+    _add_dtype(report, "dtype of the validation forward passes")
+    report.add_argument("--top", type=_positive, default=None, help="how many heads count as top (default: 3%% of all heads)")
+    report.add_argument("--no-fold-norms", action="store_true", help="score raw weights (RMSNorm gains not folded in)")
 
-    icl = commands.add_parser("icl", help="ablate / knock out induction heads on in-context-learning tasks")
-    icl.add_argument("model", nargs="?", default=DEFAULT_MODEL, help=f"a model with a tokenizer (default {DEFAULT_MODEL})")
+    icl = command("icl", "ablate or knock out induction heads on in-context-learning tasks (Crosbie & Shutova)", _icl)
+    _add_model(icl, "a checkpoint with a tokenizer")
     icl.add_argument("--quick", action="store_true", help="16 prompts per task, 2 random seeds: a few minutes on 2 CPU cores")
-    icl.add_argument("--out", default=None, help="also write icl.json, icl.md and icl.png here")
-    icl.add_argument("--dtype", default=None)
-    icl.set_defaults(run=_icl)
+    icl.add_argument("--out", default=None, help="also write icl.json, icl.md and icl.png into this directory")
+    _add_dtype(icl, "dtype of the forward passes")
 
-    train = commands.add_parser("train", help="train small attention-only models and watch induction heads form, with clamps")
+    train = command("train", "train small models and watch induction heads form, with pattern clamps (Singh et al.)", _train)
     train.add_argument("--quick", action="store_true", help="3000 steps, batch 64, 3 seeds: the phase change in a few minutes on 2 CPU cores")
     train.add_argument("--out", default="circuits-train", help="directory for formation.json/png/svg and the checkpoints (resumed when present)")
     train.add_argument("--clamp", action="append", default=None,
-                       help="a run to make (repeatable): none, previous-token, induction, copy, ablate:L1H0,L1H3, or several joined by + "
-                            f"(default: {' '.join(DEFAULT_CLAMPS)})")
+                       help="a run to make (repeatable): none, previous-token, induction, copy, ablate:L1H0,L1H3, or several "
+                            f"joined by + (default: {' '.join(DEFAULT_CLAMPS)})")
     train.add_argument("--task", choices=("fewshot", "repeat"), default=None, help="few-shot classification (default) or repeated random tokens")
-    train.add_argument("--steps", type=int, default=None, help="training steps (a multiple of 100)")
+    train.add_argument("--steps", type=_positive, default=None, help="training steps, a multiple of 100 (default 10000, --quick 3000)")
     train.add_argument("--seed", type=int, default=None, help="first seed (default 0)")
-    train.add_argument("--seeds", type=int, default=None, help="seeds per clamp, trained together as one vmapped program (default 1, --quick 3)")
-    train.add_argument("--checkpoint-every", type=int, default=None, help="steps between Orbax checkpoints (a multiple of 100)")
-    train.set_defaults(run=_train)
+    train.add_argument("--seeds", type=_positive, default=None, help="seeds per clamp, trained together as one vmapped program (default 1, --quick 3)")
+    train.add_argument("--checkpoint-every", type=_positive, default=None, help="steps between Orbax checkpoints, a multiple of 100")
     return parser
 
 
@@ -266,6 +321,9 @@ def main(argv: list[str] | None = None) -> int:
     except USER_ERRORS as err:
         print(f"error: {err}", file=sys.stderr)
         return 2
+    except KeyboardInterrupt:
+        print("interrupted; nothing was written", file=sys.stderr)
+        return 130
     return 0
 
 

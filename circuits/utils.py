@@ -3,6 +3,7 @@
 from __future__ import annotations
 
 import contextlib
+import json
 import os
 import shutil
 import tempfile
@@ -50,14 +51,26 @@ def step_progress(description: str, total: int, completed: int = 0, *, enabled: 
         yield lambda step, **fields: bar.update(task, completed=step, **fields)
 
 
+def _umask() -> int:
+    mask = os.umask(0o022)
+    os.umask(mask)
+    return mask
+
+
+def _honour_umask(path: Path, directory: bool = False) -> None:
+    """Give ``path`` the mode a plain ``open`` / ``mkdir`` would (temporary files start private)."""
+    os.chmod(path, (0o777 if directory else 0o666) & ~_umask())
+
+
 def atomic_write_text(path: str | Path, text: str) -> Path:
     """Write ``text`` to ``path`` through a temporary file in the same directory, then rename: never half-written."""
     path = Path(path)
     path.parent.mkdir(parents=True, exist_ok=True)
-    handle, temporary = tempfile.mkstemp(dir=path.parent, prefix=f".{path.name}.", suffix=".partial")
+    handle, temporary = tempfile.mkstemp(dir=path.parent, prefix=f".{path.name}.", suffix=f".partial-{os.getpid()}")
     try:
-        with os.fdopen(handle, "w") as stream:
+        with os.fdopen(handle, "w", encoding="utf-8") as stream:
             stream.write(text)
+        _honour_umask(Path(temporary))
         os.replace(temporary, path)
     except BaseException:
         Path(temporary).unlink(missing_ok=True)
@@ -65,28 +78,109 @@ def atomic_write_text(path: str | Path, text: str) -> Path:
     return path
 
 
-def write_files(directory: str | Path, files: dict[str, str | bytes]) -> Path:
-    """Write ``files`` {name: text or bytes} into ``directory``, all or nothing: rendered into a staging
-    directory beside it first, then moved into place."""
-    directory = Path(directory)
+class OutputError(ValueError):
+    """An output directory that cannot take a result (it holds other files)."""
+
+
+def _writable_ancestor(path: Path) -> Path:
+    ancestor = path.parent
+    while not ancestor.exists():
+        ancestor = ancestor.parent
+    return ancestor
+
+
+def check_output_file(path: str | Path) -> None:
+    """Refuse, before any work, an output file that cannot be written (a directory there, a read-only place)."""
+    path = Path(path).absolute()
+    if path.is_dir():
+        raise OutputError(f"{path} is a directory; fix: give a file name such as {path / 'result.json'}")
+    ancestor = _writable_ancestor(path)
+    if not ancestor.is_dir() or not os.access(ancestor, os.W_OK | os.X_OK):
+        raise OutputError(f"cannot write {path}: {ancestor} is not a writable directory; fix: choose another place")
+
+
+def check_output_directory(directory: str | Path, names: tuple[str, ...], keep: tuple[str, ...] = ()) -> None:
+    """Refuse, before any work, an output directory that :func:`write_files` would refuse."""
+    directory = Path(directory).absolute()
+    if directory.exists():
+        if not directory.is_dir():
+            raise OutputError(f"{directory} is a file, not a directory; fix: choose a new or empty directory for --out")
+        foreign = sorted(entry.name for entry in directory.iterdir() if entry.name not in names + keep)
+        if foreign:
+            listed = ", ".join(foreign[:5]) + (f" and {len(foreign) - 5} more" if len(foreign) > 5 else "")
+            raise OutputError(f"{directory} already holds other files ({listed}); fix: choose a new or empty directory for --out")
+    check_output_file(directory / names[0])
+
+
+def write_files(directory: str | Path, files: dict[str, str | bytes], keep: tuple[str, ...] = ()) -> Path:
+    """Write ``files`` {name: text or bytes} as ``directory``, all or nothing.
+
+    The set is written into a staging directory beside it, then swapped in as a whole: an existing
+    ``directory`` that holds only files of this set is renamed aside, the staging directory renamed
+    into place, and the old one deleted. An interrupt leaves either the old set or the new one.
+    A directory holding anything else is refused (:class:`OutputError`), never emptied, except the
+    entries named in ``keep`` (e.g. training checkpoints): when one is present, the files are
+    renamed into place one by one instead, and the kept entries are left alone.
+    """
+    directory = Path(directory).absolute()
+    check_output_directory(directory, tuple(files), keep)
     directory.parent.mkdir(parents=True, exist_ok=True)
-    staging = Path(tempfile.mkdtemp(dir=directory.parent, prefix=f".{directory.name}.partial-"))
+    staging = Path(tempfile.mkdtemp(dir=directory.parent, prefix=f".{directory.name}.partial-{os.getpid()}-"))
+    retired = directory.parent / f".{directory.name}.old-{os.getpid()}"
     try:
         for name, content in files.items():
+            target = staging / name
             if isinstance(content, bytes):
-                (staging / name).write_bytes(content)
+                target.write_bytes(content)
             else:
-                (staging / name).write_text(content, encoding="utf-8")
-        if not directory.exists():
+                target.write_text(content, encoding="utf-8")
+            _honour_umask(target)
+        _honour_umask(staging, directory=True)
+        if any((directory / name).exists() for name in keep):
+            for name in files:
+                os.replace(staging / name, directory / name)
+        else:
+            if directory.exists():
+                os.replace(directory, retired)
             os.replace(staging, directory)
-            return directory
-        for name in files:
-            os.replace(staging / name, directory / name)
     finally:
         shutil.rmtree(staging, ignore_errors=True)
+        shutil.rmtree(retired, ignore_errors=True)
     return directory
 
 
+def head_label(layer: int, head: int) -> str:
+    """The name of a head in every table, figure and message: ``L17H5``."""
+    return f"L{layer}H{head}"
+
+
 def rounded_list(array: np.ndarray) -> list:
-    """A float array as nested lists, NaN as 0, rounded to 6 decimals (JSON-ready)."""
-    return np.round(np.nan_to_num(np.asarray(array, np.float64), nan=0.0), 6).tolist()
+    """A float array as nested lists rounded to 6 decimals, NaN and infinities as None (strict JSON)."""
+    array = np.asarray(array, np.float64)
+    rounded = np.round(np.nan_to_num(array, nan=0.0, posinf=0.0, neginf=0.0), 6)
+    return np.where(np.isfinite(array), rounded, None).tolist()
+
+
+def json_text(data: dict) -> str:
+    """Strict JSON (no NaN tokens; numpy scalars as numbers), indented."""
+
+    def default(value):
+        if isinstance(value, (np.floating, np.integer, np.bool_)):
+            return value.item()
+        if isinstance(value, np.ndarray):
+            return rounded_list(value)
+        raise TypeError(f"cannot write {type(value).__name__} as JSON")
+
+    return json.dumps(data, indent=1, allow_nan=False, default=default)
+
+
+class ResultFiles:
+    """What every experiment result shares: ``files()`` {name: text or bytes} (each JSON with a
+    ``schema_version``) and ``write(directory)`` through the one atomic writer."""
+
+    def files(self) -> dict[str, str | bytes]:
+        raise NotImplementedError
+
+    def write(self, directory: str | Path) -> Path:
+        """Write :meth:`files` into ``directory``, all or nothing; returns the directory."""
+        return write_files(directory, self.files())

@@ -9,6 +9,8 @@ half-split order here, so GGUF and HF checkpoints give the same canonical weight
 
 from __future__ import annotations
 
+import collections
+
 from pathlib import Path
 from typing import Any
 
@@ -151,6 +153,13 @@ class GGUFCheckpoint(TableCheckpoint):
         array = self._dequantize(tensor.data, tensor.tensor_type)
         shape = tuple(int(n) for n in reversed(tensor.shape.tolist()))
         return np.asarray(array, dtype=np.float32).reshape(shape)
+
+    @property
+    def storage(self) -> str:
+        """How the weights are stored, e.g. ``GGUF, Q4_1`` (the most common type of its matrices), noting dequantisation."""
+        counts = collections.Counter(t.tensor_type.name for t in self._tensors.values() if len(t.shape) > 1)
+        kind = counts.most_common(1)[0][0] if counts else "no matrices"
+        return f"GGUF, {kind}" + ("" if kind in ("F32", "F16", "BF16") else ", dequantised to float32 on reading")
 
     @property
     def dtype(self) -> np.dtype:

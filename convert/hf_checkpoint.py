@@ -2,6 +2,8 @@
 
 from __future__ import annotations
 
+import collections
+
 import json
 from pathlib import Path
 from typing import Any, Callable
@@ -126,6 +128,12 @@ class HFCheckpoint(TableCheckpoint):
         """Unmap the pages read so far from every shard (see :meth:`SafetensorsFile.release_pages`)."""
         for file in {id(f): f for f in self._where.values()}.values():
             file.release_pages()
+
+    @property
+    def storage(self) -> str:
+        """How the weights are stored, e.g. ``HF safetensors, bfloat16`` (the most common tensor dtype)."""
+        counts = collections.Counter(str(file.dtype(name)) for name, file in self._where.items())
+        return f"HF safetensors, {counts.most_common(1)[0][0] if counts else 'no tensors'}"
 
     @property
     def dtype(self) -> np.dtype:

@@ -12,7 +12,7 @@ from circuits.convert.build import build_transformer, resolve_dtype
 from circuits.convert.errors import CheckpointError
 from circuits.convert.gguf_checkpoint import GGUFCheckpoint
 from circuits.convert.hf_checkpoint import HFCheckpoint
-from circuits.convert.orbax_cache import is_cache, load_cache
+from circuits.convert.orbax_cache import cache_dtype, is_cache, load_cache
 from circuits.models.demo import DEMO_NAME, planted_induction_model
 from circuits.convert.named_models import NAMED_MODELS, fetch_named_model
 from circuits.models.transformer import Transformer
@@ -74,6 +74,25 @@ def _cast(model: Transformer, dtype) -> Transformer:
     """The same model with every parameter cast to ``dtype``."""
     graphdef, state = nnx.split(model)
     return nnx.merge(graphdef, jax.tree.map(lambda x: x.astype(dtype), state))
+
+
+def provenance(path: str | Path) -> dict[str, str]:
+    """Where a model's weights come from: ``source`` (as given), ``file`` (resolved), ``format`` (with the
+    stored number format and any quantisation) and, for a named model, its ``description``."""
+    name = str(path)
+    facts = {"source": name}
+    if name in NAMED_MODELS:
+        facts["description"] = NAMED_MODELS[name].description
+    resolved = resolve(path)
+    kind = checkpoint_kind(resolved)
+    facts["file"] = str(resolved)
+    if kind == "demo":
+        facts["format"] = "planted demo model, built in code, float32"
+    elif kind == "cache":
+        facts["format"] = f"Orbax cache written by circuits convert, {cache_dtype(resolved)}"
+    else:
+        facts["format"] = (GGUFCheckpoint(resolved) if kind == "gguf" else HFCheckpoint(resolved)).storage
+    return facts
 
 
 def open_weights(path: str | Path, *, show_progress: bool = True):

@@ -50,9 +50,14 @@ def save_cache(model: Transformer, destination: str | Path, *, overwrite: bool =
     return destination
 
 
+def cache_dtype(path: str | Path) -> str:
+    """The dtype a cache was written in (its marker file's ``dtype``)."""
+    return str(json.loads((Path(path) / MARKER).read_text()).get("dtype"))
+
+
 def load_cache(path: str | Path, *, dtype=None, mesh: Mesh | None = None) -> Transformer:
     """Restore a model written by :func:`save_cache`, cast to ``dtype`` and sharded over ``mesh``."""
-    path = Path(path)
+    path = Path(path).absolute()  # Orbax refuses relative paths
     meta = json.loads((path / MARKER).read_text())
     if meta.get("format_version") != FORMAT_VERSION:
         raise CheckpointError(path, [f"cache format {meta.get('format_version')} is not {FORMAT_VERSION}"], "convert the source again")

@@ -8,26 +8,20 @@
 from __future__ import annotations
 
 import dataclasses
-import io
 import json
 import re
 from pathlib import Path
 
-import matplotlib
+import numpy as np
 
-matplotlib.use("Agg")
-import matplotlib.pyplot as plt  # noqa: E402
-
-import numpy as np  # noqa: E402
-
-from circuits.formation.clamps import DEFAULT_CLAMPS, Clamp  # noqa: E402
-from circuits.formation.measures import Measures  # noqa: E402
-from circuits.utils import write_files  # noqa: E402
-from circuits.utils import step_progress  # noqa: E402
-from circuits.formation.training import RunResult, Trainer, TrainSettings  # noqa: E402
+from circuits.formation.clamps import DEFAULT_CLAMPS, Clamp
+from circuits.formation.measures import Measures
+from circuits.formation.training import RunResult, Trainer, TrainSettings
+from circuits.plots import training_curves
+from circuits.utils import ResultFiles, json_text, step_progress, write_files
 
 FORMAT = "circuits-formation"
-VERSION = 1
+SCHEMA_VERSION = 2
 PANELS = (
     ("loss", "loss (nats)"),
     ("accuracy", "accuracy"),
@@ -39,7 +33,7 @@ PANELS = (
 
 
 @dataclasses.dataclass
-class FormationResult:
+class FormationResult(ResultFiles):
     """The runs of one formation experiment (same settings, one clamp each)."""
 
     settings: TrainSettings
@@ -48,7 +42,7 @@ class FormationResult:
     def to_dict(self) -> dict:
         return {
             "format": FORMAT,
-            "version": VERSION,
+            "schema_version": SCHEMA_VERSION,
             "settings": dataclasses.asdict(self.settings),
             "model_config": self.settings.model_config().to_dict(),
             "context_baseline": self.runs[0].context_baseline if self.runs else None,
@@ -56,61 +50,37 @@ class FormationResult:
         }
 
     def to_json(self) -> str:
-        return json.dumps(self.to_dict(), indent=1)
+        return json_text(self.to_dict())
 
     @classmethod
     def from_json(cls, text: str) -> "FormationResult":
         data = json.loads(text)
-        if data.get("format") != FORMAT or data.get("version") != VERSION:
-            raise ValueError(f"not a {FORMAT} v{VERSION} file (format {data.get('format')!r}, version {data.get('version')!r})")
+        if data.get("format") != FORMAT or data.get("schema_version") != SCHEMA_VERSION:
+            raise ValueError(f"not a {FORMAT} schema {SCHEMA_VERSION} file (format {data.get('format')!r}, "
+                             f"schema_version {data.get('schema_version')!r}); fix: train again to rewrite it")
         runs = [
             RunResult(run["clamp"], [[Measures.from_dict(m) for m in h] for h in run["seeds"]], data["context_baseline"])
             for run in data["runs"]
         ]
         return cls(TrainSettings(**data["settings"]), runs)
 
-    def figure(self):
-        """Matplotlib figure: loss, accuracy, the three subcircuit measures and K-composition against step, one
-        colour per clamp (the mean over seeds, with the seeds' range shaded); dotted verticals mark the mean
-        phase change."""
-        figure, grid = plt.subplots(2, 3, figsize=(11, 6.4), constrained_layout=True)
-        axes = grid.ravel()
-        for index, run in enumerate(self.runs):
-            colour = f"C{index}"
-            steps = [m.step for m in run.history]
-            curves = _curves(run)
-            phase = _mean_phase_change(run)
-            for axis, (key, label) in zip(axes, PANELS):
-                axis.plot(steps, curves[key].mean(0), color=colour, label=run.clamp, linewidth=1.4)
-                if len(run.histories) > 1:
-                    axis.fill_between(steps, curves[key].min(0), curves[key].max(0), color=colour, alpha=0.15, linewidth=0)
-                if phase is not None:
-                    axis.axvline(phase, color=colour, linestyle=":", linewidth=1)
-                axis.set_title(label, fontsize=9)
-                axis.set_xlabel("step", fontsize=8)
-                axis.tick_params(labelsize=7)
-        if self.runs:
-            axes[0].axhline(self.runs[0].context_baseline, color="grey", linestyle="--", linewidth=0.8, label="no-induction baseline")
-        axes[0].legend(fontsize=7)
-        task = self.settings.formation_task
-        seeds = f", mean of {self.settings.seeds} seeds" if self.settings.seeds > 1 else ""
-        figure.suptitle(f"Induction-head formation: {task.name} task, {self.settings.n_layers}-layer attention-only model{seeds}", fontsize=10)
-        return figure
-
     def figure_files(self) -> dict[str, bytes]:
-        """{"formation.png": ..., "formation.svg": ...}."""
-        figure = self.figure()
-        files = {}
-        for kind in ("png", "svg"):
-            buffer = io.BytesIO()
-            figure.savefig(buffer, format=kind, dpi=130)
-            files[f"formation.{kind}"] = buffer.getvalue()
-        plt.close(figure)
-        return files
+        """{"formation.png", "formation.svg"}: loss, accuracy, the three subcircuit measures and K-composition
+        against step, one colour per clamp (mean over seeds, the seeds' range shaded, the mean phase change dotted)."""
+        runs = [{"label": run.clamp, "steps": [m.step for m in run.history], "curves": _curves(run), "phase": _mean_phase_change(run)}
+                for run in self.runs]
+        seeds = f", mean of {self.settings.seeds} seeds" if self.settings.seeds > 1 else ""
+        title = f"Induction-head formation: {self.settings.formation_task.name} task, {self.settings.n_layers}-layer model{seeds}"
+        figures = training_curves(runs, PANELS, baseline=self.runs[0].context_baseline if self.runs else None, title=title)
+        return {f"formation.{kind}": data for kind, data in figures.items()}
+
+    def files(self) -> dict[str, str | bytes]:
+        """formation.json, formation.png and formation.svg."""
+        return {"formation.json": self.to_json(), **self.figure_files()}
 
     def write(self, directory: str | Path) -> Path:
-        """formation.json, formation.png and formation.svg into ``directory``, all or nothing."""
-        return write_files(directory, {"formation.json": self.to_json(), **self.figure_files()})
+        """Write :meth:`files` into ``directory``, leaving its ``checkpoints`` in place."""
+        return write_files(directory, self.files(), keep=("checkpoints",))
 
     def summary_rows(self) -> list[tuple[str, str, float, float, float, float, float, float]]:
         """(clamp, phase change, then the final loss, accuracy, previous-token, induction strength, copy and

@@ -9,10 +9,6 @@ knocked out in the top heads.
 from __future__ import annotations
 
 import dataclasses
-import io
-import json
-from pathlib import Path
-
 import numpy as np
 
 from circuits.analysis.ablation import heads_mask, mean_head_outputs
@@ -29,8 +25,10 @@ from circuits.icl.tasks import TASKS, few_shot_prompts
 from circuits.analysis.repeated_tokens import repeated_random_tokens
 from circuits.analysis.targets import category_targets, induction_targets
 from circuits.models.interventions import Interventions
-from circuits.utils import write_files
-from circuits.utils import progress
+from circuits.plots import grouped_bars
+from circuits.utils import ResultFiles, head_label, json_text, progress
+
+SCHEMA_VERSION = 1
 
 
 @dataclasses.dataclass(frozen=True)
@@ -47,7 +45,7 @@ QUICK = ICLSettings(prompts_per_task=16, random_seeds=(0, 1), selection_seeds=(0
 
 
 @dataclasses.dataclass(frozen=True)
-class ICLResult:
+class ICLResult(ResultFiles):
     """accuracy[task][condition]: one value per seed (random-head conditions) or a single value."""
 
     model: str
@@ -70,41 +68,17 @@ class ICLResult:
         lines = [f"# In-context learning with induction heads removed: {self.model}", "",
                  "| task | condition | accuracy | drop vs no ablation | std over seeds |", "| --- | --- | --- | --- | --- |"]
         lines += [f"| {t} | {c} | {a:.3f} | {d:+.3f} | {s:.3f} |" for t, c, a, d, s in self.rows()]
-        lines += ["", "Top heads: " + "; ".join(f"{k}: " + ", ".join(f"L{l}H{h}" for l, h in v) for k, v in self.heads.items())]
+        lines += ["", "Top heads: " + "; ".join(f"{k}: " + ", ".join(head_label(l, h) for l, h in v) for k, v in self.heads.items())]
         lines += ["", "Pattern-matching heads (Olsson et al.), share of attention from ':' to earlier same-template labels: "
-                  + ", ".join(f"L{l}H{h} {s:.3f}" for l, h, s in self.pattern_matching_heads)]
+                  + ", ".join(f"{head_label(l, h)} {s:.3f}" for l, h, s in self.pattern_matching_heads)]
         return "\n".join(lines) + "\n"
 
-    def to_json(self) -> str:
-        return json.dumps(dataclasses.asdict(self), indent=1)
+    def to_dict(self) -> dict:
+        return {"schema_version": SCHEMA_VERSION, **dataclasses.asdict(self)}
 
-    def png(self) -> bytes:
-        """PNG of grouped bars: accuracy per task (groups) and condition (bars), seeds' spread as error bars."""
-        import matplotlib
-
-        matplotlib.use("Agg")
-        import matplotlib.pyplot as plt
-
-        tasks = list(self.accuracy)
-        conditions = list(dict.fromkeys(c for row in self.accuracy.values() for c in row))
-        width = 0.8 / len(conditions)
-        figure, axes = plt.subplots(figsize=(2 + 1.6 * len(tasks), 4.5))
-        for i, condition in enumerate(conditions):
-            values = [self.accuracy[t].get(condition, [np.nan]) for t in tasks]
-            axes.bar(np.arange(len(tasks)) + i * width, [np.mean(v) for v in values], width,
-                     yerr=[np.std(v) for v in values], label=condition)
-        axes.set_xticks(np.arange(len(tasks)) + 0.4 - width / 2, [t.replace(" ", "\n", 1) for t in tasks], fontsize=7)
-        axes.set_ylabel("accuracy")
-        axes.set_ylim(0, 1)
-        axes.legend(fontsize=6, ncol=2, loc="upper left", bbox_to_anchor=(1.0, 1.0))
-        buffer = io.BytesIO()
-        figure.savefig(buffer, format="png", bbox_inches="tight")
-        plt.close(figure)
-        return buffer.getvalue()
-
-    def write(self, directory: str | Path) -> Path:
-        """icl.json, icl.md and icl.png into ``directory``, all or nothing."""
-        return write_files(directory, {"icl.json": self.to_json(), "icl.md": self.to_markdown(), "icl.png": self.png()})
+    def files(self) -> dict[str, str | bytes]:
+        """icl.json, icl.md and icl.png (grouped bars: accuracy per task and condition, seeds' spread as error bars)."""
+        return {"icl.json": json_text(self.to_dict()), "icl.md": self.to_markdown(), "icl.png": grouped_bars(self.accuracy, "accuracy")}
 
 
 def run_icl(model, tokenizer, name: str, settings: ICLSettings = ICLSettings(), show_progress: bool = True) -> ICLResult:

@@ -28,7 +28,7 @@ from circuits.analysis.attention_scores import attention_scores, copying_scores
 from circuits.analysis.induction import InductionEdge, predict_induction
 from circuits.analysis.repeated_tokens import repeated_random_tokens
 from circuits.analysis.targets import induction_targets
-from circuits.utils import progress, rounded_list, write_files
+from circuits.utils import ResultFiles, json_text, progress, rounded_list
 
 SCHEMA_VERSION = 2
 PREVIOUS_TOKEN_THRESHOLD = 0.5
@@ -46,6 +46,7 @@ class Validation:
     measured previous-token score is at least ``previous_token_threshold``.
     ``head_effects``: each head's single-head ablation effect, estimated for all (gradients) and exact for
     the 2k heads the estimate ranks highest.
+    ``measured_top_ablated_loss``: loss with the k heads of highest measured prefix matching zero-ablated.
     """
 
     data: str
@@ -61,18 +62,26 @@ class Validation:
     confirmed: list[tuple[int, int]]
     previous_token_sources: int
     head_effects: HeadEffects
+    measured_top_ablated_loss: float
     previous_token_threshold: float = PREVIOUS_TOKEN_THRESHOLD
+
+    def measured_top(self, k: int) -> list[tuple[int, int, float]]:
+        """The k heads with the highest measured prefix matching, as (layer, head, score)."""
+        return [(layer, head, float(self.prefix_matching[layer, head])) for layer, head in top_heads(self.prefix_matching, k)]
 
 
 @dataclasses.dataclass(frozen=True)
-class CircuitReport:
+class CircuitReport(ResultFiles):
     """What the weights predict about induction circuits, and (with validation) what forward passes show.
 
     ``method`` / ``settings``: how the prediction was made (:class:`~circuits.analysis.induction.PredictorSettings`);
     ``source_heads`` int[L, N, 2]: each head's predicted previous-token head (layer, head).
+    ``provenance``: where the weights come from (source, file, stored format and quantisation) and the
+    dtype they were analysed in.
     """
 
     model: str
+    provenance: dict[str, str]
     config: dict[str, Any]
     preprocessing: dict[str, Any]
     method: str
@@ -92,6 +101,12 @@ class CircuitReport:
         n_heads = self.predicted_induction.shape[1]
         return [(int(i) // n_heads, int(i) % n_heads, float(self.predicted_induction.ravel()[i])) for i in order]
 
+    def all_predicted(self) -> list[tuple[int, int, float]]:
+        """Every head, highest predicted induction score first, as (layer, head, score)."""
+        order = np.argsort(-self.predicted_induction, axis=None, kind="stable")
+        n_heads = self.predicted_induction.shape[1]
+        return [(int(i) // n_heads, int(i) % n_heads, float(self.predicted_induction.ravel()[i])) for i in order]
+
     def source_of(self, layer: int, head: int) -> tuple[int, int]:
         """The predicted previous-token head (layer, head) of head (layer, head)."""
         prev_layer, prev_head = self.source_heads[layer, head]
@@ -102,7 +117,7 @@ class CircuitReport:
         return _to_json_ready(dataclasses.asdict(self))
 
     def to_json(self) -> str:
-        return json.dumps(self.to_dict(), indent=1)
+        return json_text(self.to_dict())
 
     @classmethod
     def from_dict(cls, data: dict[str, Any]) -> "CircuitReport":
@@ -140,9 +155,9 @@ class CircuitReport:
 
         return report_html(self)
 
-    def write(self, directory: str | Path) -> Path:
-        """Write report.json, report.md and report.html into ``directory``, all or nothing."""
-        return write_files(directory, dict(zip(REPORT_FILES, (self.to_json(), self.to_markdown(), self.to_html()))))
+    def files(self) -> dict[str, str | bytes]:
+        """report.json, report.md and report.html."""
+        return dict(zip(REPORT_FILES, (self.to_json(), self.to_markdown(), self.to_html())))
 
 
 def _to_json_ready(value):
@@ -165,15 +180,19 @@ def validate_prediction(model, predicted: np.ndarray, k: int, *, source_heads: n
     config = model.config
     data = repeated_random_tokens(config, 16, 50, seed=seeds[0])
     top_mask = heads_mask(config, top_heads(predicted, k))
+    results: dict = {}
     steps = {
         "attention": lambda: attention_scores(model, seeds=tuple(seeds)),
         "copying": lambda: copying_scores(model, data),
         "ablation": lambda: ablation_effect(model, data, predicted, k, seeds=tuple(seeds)),
         "knockout": lambda: float(sweep_losses(model, data.tokens, data.later_repeats, knock_out=top_mask[None],
                                                edges=induction_targets(data.tokens))[0]),
+        "measured top": lambda: float(sweep_losses(model, data.tokens, data.later_repeats, ablate=heads_mask(
+            config, top_heads(results["attention"]["prefix_matching"].scores, k))[None])[0]),
         "single heads": lambda: single_head_effects(model, data, 2 * k),
     }
-    results = {name: run() for name, run in progress(list(steps.items()), "validating with forward passes", enabled=show_progress)}
+    for name, run in progress(list(steps.items()), "validating with forward passes", enabled=show_progress):
+        results[name] = run()
     scores = {name: s.scores for name, s in results["attention"].items()}
     prefix = scores["prefix_matching"]
     confirmed = [(layer, head) for layer, head in top_heads(predicted, k) if prefix[layer, head] >= confirm_threshold]
@@ -193,6 +212,7 @@ def validate_prediction(model, predicted: np.ndarray, k: int, *, source_heads: n
         confirmed=confirmed,
         previous_token_sources=previous_token_sources,
         head_effects=results["single heads"],
+        measured_top_ablated_loss=results["measured top"],
     )
 
 
@@ -213,13 +233,14 @@ def report(
     loads the model once (onto ``mesh`` if given) and runs the forward passes. ``k``: how many heads
     count as "top" (default: 3% of all heads).
     """
-    from circuits.convert.loading import checkpoint_kind, load, open_weights, resolve
+    from circuits.convert.loading import checkpoint_kind, load, open_weights, provenance, resolve
     from circuits.models.transformer import Transformer
 
     if isinstance(model, Transformer):
         name, path, loaded = model.description, None, model
+        origin = {"source": name, "format": "a model in memory"}
     else:
-        name, path = str(model), resolve(model)
+        name, path, origin = str(model), resolve(model), provenance(model)
         loaded = None if checkpoint_kind(path) in ("hf", "gguf") else load(path, dtype=dtype, mesh=mesh, show_progress=show_progress)
     source = loaded if loaded is not None else open_weights(path, show_progress=show_progress)
     config = source.config
@@ -234,8 +255,10 @@ def report(
             loaded = load(path, dtype=dtype, mesh=mesh, show_progress=show_progress)
         validation = validate_prediction(loaded, prediction.predicted_induction.scores, k, source_heads=prediction.source_heads,
                                          confirm_threshold=confirm_threshold, show_progress=show_progress)
+    analysed_in = str(loaded.dtype) if loaded is not None else f"{prediction.preprocessing.weights_dtype} (streamed)"
     return CircuitReport(
         model=name,
+        provenance={**origin, "analysed_in": analysed_in},
         config=config.to_dict(),
         preprocessing=dataclasses.asdict(prediction.preprocessing),
         method=prediction.method,

@@ -1,10 +1,17 @@
-"""Markdown and self-contained HTML renderings of a :class:`~circuits.report.CircuitReport`."""
+"""Markdown and self-contained HTML renderings of a :class:`~circuits.report.CircuitReport`.
+
+The report is written once, as Markdown sections; the HTML page renders those sections with
+markdown-it-py and places them, with inline SVG figures, in a Jinja2 template.
+"""
 
 from __future__ import annotations
 
-import html
+import jinja2
+from markdown_it import MarkdownIt
+from markupsafe import Markup
 
-from circuits.plots import circuit_graph, head_heatmap
+from circuits.plots import circuit_graph, head_heatmap, prediction_scatter
+from circuits.utils import head_label
 
 READING_GUIDE = """\
 * **predicted induction** (weights only, method kcomp-token-z): the strongest edge from an earlier head j,
@@ -27,10 +34,6 @@ READING_GUIDE = """\
   forward and one backward (attribution patching), then computed exactly for the 2k heads it ranks highest."""
 
 
-def _head(layer: int, head: int) -> str:
-    return f"L{layer}H{head}"
-
-
 def head_rows(report) -> tuple[list[str], list[list[str]]]:
     """(header, rows) of the top-k predicted heads, with their measured scores when validated."""
     v = report.validation
@@ -39,7 +42,7 @@ def head_rows(report) -> tuple[list[str], list[list[str]]]:
         header += ["prefix matching", "previous token", "copying", "confirmed"]
     rows = []
     for rank, (layer, head, score) in enumerate(report.top_predicted(), 1):
-        row = [str(rank), _head(layer, head), f"{score:.3f}", _head(*report.source_of(layer, head)),
+        row = [str(rank), head_label(layer, head), f"{score:.3f}", head_label(*report.source_of(layer, head)),
                f"{report.ov_copying[layer, head]:+.3f}"]
         if v is not None:
             row += [f"{v.prefix_matching[layer, head]:.3f}", f"{v.previous_token[layer, head]:.3f}",
@@ -55,7 +58,7 @@ def edge_rows(report) -> tuple[list[str], list[list[str]]]:
         header += ["measured previous token (of the first head)"]
     rows = []
     for e in report.edges[: max(10, report.k)]:
-        row = [_head(e.prev_layer, e.prev_head), _head(e.layer, e.head), f"{e.score:.3f}",
+        row = [head_label(e.prev_layer, e.prev_head), head_label(e.layer, e.head), f"{e.score:.3f}",
                f"{e.k_composition_ratio:.2f}x", f"{e.token_term:+.3f}"]
         if v is not None:
             row.append(f"{v.previous_token[e.prev_layer, e.prev_head]:.3f}")
@@ -82,32 +85,48 @@ def single_head_rows(report) -> tuple[list[str], list[list[str]]]:
     v = report.validation
     header = ["head", "estimated increase (gradient)", "exact increase", "prefix matching", "predicted rank"]
     ranks = {(layer, head): rank for rank, (layer, head, _) in enumerate(report.top_predicted(), 1)}
-    rows = [[_head(layer, head), f"{v.head_effects.estimated[layer, head]:+.3f}", f"{increase:+.3f}",
+    rows = [[head_label(layer, head), f"{v.head_effects.estimated[layer, head]:+.3f}", f"{increase:+.3f}",
              f"{v.prefix_matching[layer, head]:.3f}", str(ranks.get((layer, head), "-"))]
             for layer, head, increase in v.head_effects.exact]
     return header, rows
 
 
-def _summary_lines(report) -> list[str]:
-    c = report.config
-    p = report.preprocessing
-    settings = report.settings
+def measured_rows(report) -> tuple[list[str], list[list[str]]]:
+    """(header, rows) of the k heads with the highest measured prefix matching, with their predicted rank."""
+    v = report.validation
+    order = {(layer, head): rank for rank, (layer, head, _) in enumerate(report.all_predicted(), 1)}
+    header = ["rank", "head", "prefix matching", "previous token", "copying", "predicted induction", "predicted rank"]
+    rows = [[str(rank), head_label(layer, head), f"{score:.3f}", f"{v.previous_token[layer, head]:.3f}",
+             f"{v.copying[layer, head]:.3f}", f"{report.predicted_induction[layer, head]:.3f}", str(order[(layer, head)])]
+            for rank, (layer, head, score) in enumerate(v.measured_top(report.k), 1)]
+    return header, rows
+
+
+def summary_lines(report) -> list[str]:
+    """The report's opening lines: what was analysed and how, and (validated) the headline figures."""
+    c, p, settings, origin = report.config, report.preprocessing, report.settings, report.provenance
+    described = f" ({origin['description']})" if "description" in origin else ""
     lines = [
-        f"Prediction method {report.method}: RoPE offsets {settings['rope_offsets']}, {settings['n_tokens']} token "
-        f"stand-ins (seed {settings['token_seed']}; {settings['standins']}).",
+        f"Weights: {origin['source']}{described}; {origin['format']}; analysed in {origin['analysed_in']}.",
         f"{c['architecture']}: {c['n_layers']} layers x {c['n_heads']} query heads ({c['n_kv_heads']} KV heads), "
         f"d_model {c['d_model']}, vocabulary {c['vocab_size']}.",
-        f"Weights: {p['weights_dtype']}, {p['accumulation_dtype']} accumulation; RMSNorm gains "
-        f"{'folded' if p['fold_norms'] else 'not folded'}; unembedding {'centred' if p['center_unembed'] else 'not centred'}; "
-        f"K-composition random baseline {report.k_composition_baseline['mean']:.4f} +- {report.k_composition_baseline['std']:.4f}.",
+        f"Prediction method {report.method}: RoPE offsets {settings['rope_offsets']}, {settings['n_tokens']} token "
+        f"stand-ins (seed {settings['token_seed']}; {settings['standins']}).",
+        f"Products in {p['accumulation_dtype']}; RMSNorm gains {'folded' if p['fold_norms'] else 'not folded'}; unembedding "
+        f"{'centred' if p['center_unembed'] else 'not centred'}; K-composition random baseline "
+        f"{report.k_composition_baseline['mean']:.4f} +- {report.k_composition_baseline['std']:.4f}.",
     ]
     v = report.validation
     if v is not None:
+        a = v.ablation
         lines += [
-            f"Measured: {v.data}.",
-            f"{len(v.confirmed)} of the top {report.k} predicted heads confirmed (prefix matching >= {v.confirm_threshold}); "
-            f"Spearman correlation of predicted induction with prefix matching over all heads {v.spearman:.3f}; "
-            f"precision@{report.k} {v.precision_at_k:.2f}.",
+            f"Measured on {v.data}.",
+            f"{len(v.confirmed)} of the top {report.k} predicted heads are confirmed induction heads (prefix matching >= "
+            f"{v.confirm_threshold}); precision@{report.k} {v.precision_at_k:.2f}; Spearman correlation of predicted "
+            f"induction with prefix matching over all heads {v.spearman:.3f}.",
+            f"Zero-ablating all {report.k} top predicted heads (confirmed or not) raises the loss on the repeats by "
+            f"{a.increase:+.2f} nats; {report.k} random heads: {a.random_increase:+.2f}; the {report.k} heads of highest "
+            f"measured prefix matching: {v.measured_top_ablated_loss - a.clean_loss:+.2f}.",
             f"{v.previous_token_sources} of the top {report.k} predicted heads read from a predicted source head that is a "
             f"measured previous-token head (previous token >= {v.previous_token_threshold}).",
         ]
@@ -116,60 +135,85 @@ def _summary_lines(report) -> list[str]:
 
 def _markdown_table(header: list[str], rows: list[list[str]]) -> str:
     lines = ["| " + " | ".join(header) + " |", "| " + " | ".join("---" for _ in header) + " |"]
-    lines += ["| " + " | ".join(row) + " |" for row in rows]
+    lines += ["| " + " | ".join(cell.replace("|", "\\|") for cell in row) + " |" for row in rows]
     return "\n".join(lines)
 
 
-def report_markdown(report) -> str:
-    parts = [f"# Induction circuits in {report.model}", "\n".join(f"- {line}" for line in _summary_lines(report))]
-    parts += [f"## Top {report.k} predicted induction heads", _markdown_table(*head_rows(report))]
-    parts += ["## Predicted previous-token head -> induction head edges", _markdown_table(*edge_rows(report))]
+def markdown_sections(report) -> list[tuple[str, str]]:
+    """(title, Markdown body) of every section after the summary, in order."""
+    sections = [(f"Top {report.k} predicted induction heads (weights only)", _markdown_table(*head_rows(report)))]
     if report.validation is not None:
-        parts += ["## Ablation and knockout", _markdown_table(*ablation_rows(report))]
-        parts += ["## Single-head ablation (ordered by the gradient estimate, checked exactly)", _markdown_table(*single_head_rows(report))]
-    parts += ["## How to read the scores", READING_GUIDE]
+        sections.append((f"Top {report.k} measured induction heads (prefix matching)", _markdown_table(*measured_rows(report))))
+    sections.append(("Predicted previous-token head -> induction head edges", _markdown_table(*edge_rows(report))))
+    if report.validation is not None:
+        sections.append(("Ablation and knockout", _markdown_table(*ablation_rows(report))))
+        sections.append(("Single-head ablation (ordered by the gradient estimate, checked exactly)",
+                         _markdown_table(*single_head_rows(report))))
+    sections.append(("How to read the scores", READING_GUIDE))
+    return sections
+
+
+def report_markdown(report) -> str:
+    parts = [f"# Induction circuits in {report.model}", "\n".join(f"- {line}" for line in summary_lines(report))]
+    for title, body in markdown_sections(report):
+        parts += [f"## {title}", body]
     return "\n\n".join(parts) + "\n"
 
 
-def _html_table(header: list[str], rows: list[list[str]]) -> str:
-    head = "".join(f"<th>{html.escape(h)}</th>" for h in header)
-    body = "".join("<tr>" + "".join(f"<td>{html.escape(cell)}</td>" for cell in row) + "</tr>" for row in rows)
-    return f"<table><thead><tr>{head}</tr></thead><tbody>{body}</tbody></table>"
+STYLE = """body{font-family:system-ui,sans-serif;max-width:1150px;margin:2em auto;padding:0 1em;color:#222;line-height:1.4}
+table{border-collapse:collapse;margin:1em 0;font-size:14px}td,th{border:1px solid #ccc;padding:3px 8px;text-align:right}
+th{background:#f4f4f4}tbody tr:nth-child(even){background:#fafafa}.figures{display:flex;flex-wrap:wrap;gap:1.2em;align-items:flex-start}
+.figures figure{margin:0}figcaption{font-size:13px;color:#555}li{margin:.2em 0}rect:hover{stroke:#000;stroke-width:1.5}"""
 
-
-STYLE = """body{font-family:system-ui,sans-serif;max-width:1100px;margin:2em auto;padding:0 1em;color:#222}
-table{border-collapse:collapse;margin:1em 0}td,th{border:1px solid #ccc;padding:3px 8px;text-align:right}
-th{background:#f4f4f4}.figures{display:flex;flex-wrap:wrap;gap:1em}.figures figure{margin:0}
-li{margin:.2em 0}"""
+TEMPLATE = jinja2.Environment(autoescape=True, trim_blocks=True, lstrip_blocks=True).from_string("""<!DOCTYPE html>
+<html lang="en"><head><meta charset="utf-8"><title>Induction circuits: {{ model }}</title><style>{{ style }}</style></head>
+<body>
+<h1>Induction circuits in {{ model }}</h1>
+{{ summary }}
+{% if scatter %}
+<h2>Predicted against measured</h2>
+<figure id="scatter">{{ scatter }}<figcaption>Every head; the top heads of each ranking are labelled.</figcaption></figure>
+{% endif %}
+<h2>Layer x head maps</h2>
+<p>Hover a cell for its head and score.</p>
+<div class="figures">
+{% for id, svg in heatmaps %}<figure id="{{ id }}">{{ svg }}</figure>
+{% endfor %}
+</div>
+<h2>Circuit graph</h2>
+<figure id="circuit-graph">{{ graph }}</figure>
+{% for title, body in sections %}
+<h2>{{ title }}</h2>
+{{ body }}
+{% endfor %}
+</body></html>
+""")
 
 
 def report_html(report) -> str:
-    """One HTML file with inline CSS and inline SVG figures: viewable offline."""
+    """One HTML file with inline CSS and inline SVG figures: viewable offline, the same bytes for the same report."""
+    markdown = MarkdownIt("commonmark", {"html": False}).enable("table")
     n_layers, n_heads = report.predicted_induction.shape
     maps = [("heatmap-predicted", head_heatmap(report.predicted_induction, "predicted induction (weights)", vmin=0)),
-            ("heatmap-ov", head_heatmap(report.ov_copying, "OV copying (weights)", vmin=-1, vmax=1))]
+            ("heatmap-ov", head_heatmap(report.ov_copying, "OV copying (weights)", vmin=-1, vmax=1, cmap="RdBu_r"))]
     v = report.validation
+    scatter = None
     if v is not None:
         maps += [("heatmap-prefix", head_heatmap(v.prefix_matching, "prefix matching (measured)", vmin=0, vmax=1)),
                  ("heatmap-previous", head_heatmap(v.previous_token, "previous token (measured)", vmin=0, vmax=1)),
                  ("heatmap-copying", head_heatmap(v.copying, "copying (measured)", vmin=0, vmax=1)),
-                 ("heatmap-ablation", head_heatmap(v.head_effects.estimated, "single-head ablation, nats (gradient estimate)"))]
+                 ("heatmap-ablation", head_heatmap(v.head_effects.estimated, "single-head ablation, nats (estimate)", cmap="magma"))]
+        scatter = Markup(prediction_scatter(report.predicted_induction, v.prefix_matching, label_top=min(report.k, 8),
+                                            title="predicted induction vs measured prefix matching, all heads"))
     edges = [(e.prev_layer, e.prev_head, e.layer, e.head, e.score) for e in report.edges[: max(10, report.k)]]
     graph = circuit_graph(edges, n_layers, n_heads, "predicted previous-token -> induction edges")
-    figures = "".join(f'<figure id="{key}">{svg}</figure>' for key, svg in maps)
-    sections = [
-        f"<h1>Induction circuits in {html.escape(report.model)}</h1>",
-        "<ul>" + "".join(f"<li>{html.escape(line)}</li>" for line in _summary_lines(report)) + "</ul>",
-        f'<h2>Layer x head maps</h2><div class="figures">{figures}</div>',
-        f'<h2>Circuit graph</h2><figure id="circuit-graph">{graph}</figure>',
-        f"<h2>Top {report.k} predicted induction heads</h2>" + _html_table(*head_rows(report)),
-        "<h2>Predicted edges</h2>" + _html_table(*edge_rows(report)),
-    ]
-    if v is not None:
-        sections.append("<h2>Ablation and knockout</h2>" + _html_table(*ablation_rows(report)))
-        sections.append("<h2>Single-head ablation (ordered by the gradient estimate, checked exactly)</h2>"
-                        + _html_table(*single_head_rows(report)))
-    guide = "".join(f"<li>{html.escape(line[2:].strip())}</li>" for line in READING_GUIDE.split("\n* "))
-    sections.append(f"<h2>How to read the scores</h2><ul>{guide}</ul>")
-    return (f"<!DOCTYPE html><html><head><meta charset='utf-8'><title>Induction circuits: {html.escape(report.model)}</title>"
-            f"<style>{STYLE}</style></head><body>{''.join(sections)}</body></html>")
+    summary = "\n".join(f"- {line}" for line in summary_lines(report))
+    return TEMPLATE.render(
+        model=report.model,
+        style=Markup(STYLE),
+        summary=Markup(markdown.render(summary)),
+        scatter=scatter,
+        heatmaps=[(key, Markup(svg)) for key, svg in maps],
+        graph=Markup(graph),
+        sections=[(title, Markup(markdown.render(body))) for title, body in markdown_sections(report)],
+    )

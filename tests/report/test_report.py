@@ -37,6 +37,25 @@ def test_html_is_self_contained_with_heatmaps_and_graph(demo_report):
     assert weight_only.validation is None and "heatmap-prefix" not in weight_only.to_html()
 
 
+def test_html_renders_markdown_and_is_deterministic(demo_report):
+    page = demo_report.to_html()
+    assert "**" not in page and "<strong>predicted induction</strong>" in page  # no literal Markdown
+    assert "<li><strong>single-head ablation</strong>" in page and "lation losses" not in page.replace("Ablation losses", "")
+    assert '<figure id="scatter"><svg' in page and page.count("<table>") == 5
+    assert "<title>L1H0: " in page  # heat-map cells name their head and score on hover
+    assert report("demo-induction", show_progress=False).to_html() == page  # same bytes every run
+
+
+def test_report_names_measured_heads_provenance_and_all_ablations(demo_report):
+    text = demo_report.to_markdown()
+    assert "## Top 1 measured induction heads (prefix matching)" in text and "| 1 | L1H0 | " in text
+    assert demo_report.provenance["source"] == "demo-induction" and "planted demo" in demo_report.provenance["format"]
+    assert "Weights: demo-induction; planted demo model" in text
+    v = demo_report.validation
+    assert v.measured_top_ablated_loss > v.ablation.clean_loss + 1.0  # the planted head carries the task
+    assert "the 1 heads of highest measured prefix matching" in text
+
+
 def test_markdown_lists_heads_with_both_scores(demo_report):
     text = demo_report.to_markdown()
     assert "| 1 | L1H0 | " in text and "| yes |" in text
@@ -48,7 +67,7 @@ def test_cli_writes_three_files_and_summarises(tmp_path, capsys):
     assert main(["report", "demo-induction", "--validate", "--out", str(out)]) == 0
     assert sorted(p.name for p in out.iterdir()) == ["report.html", "report.json", "report.md"]
     printed = capsys.readouterr().out
-    assert "confirmed 1 of the top 1" in printed
+    assert "confirmed 1 of the top 1" in printed and "Zero-ablating all 1 predicted heads" in printed
     assert main(["report", "demo-induction", "--out", str(out)]) == 0  # rewriting an existing report
     assert json.loads((out / "report.json").read_text())["validation"] is None
     assert not list(tmp_path.glob(".*partial*"))
