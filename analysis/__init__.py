@@ -1,10 +1,14 @@
 """Weight-only circuit scores (OV, QK, composition, predicted induction circuits) and forward-pass scores.
 
-The names a notebook reaches for first, imported lazily (``circuits.analysis.predict_induction``)::
+The names a notebook reaches for first, imported lazily (``circuits.analysis.predict_induction``):
 
-    predict_induction, ov_copying_scores, composition_scores, composition_tensors,
-    prefix_matching_scores, previous_token_scores, duplicate_token_scores, attention_scores,
-    copying_scores, sweep_losses, one_head_each, repeated_random_tokens, rope_average
+- weight-only: ``predict_induction``, ``ov_copying_scores``, ``composition_scores``, ``composition_tensors``,
+  ``rope_average``;
+- forward passes: ``attention_scores``, ``prefix_matching_scores``, ``previous_token_scores``,
+  ``duplicate_token_scores``, ``copying_scores``, ``repeated_random_tokens``, ``induction_targets``;
+- interventions: ``sweep_losses``, ``estimate_sweep_losses``, ``one_head_each``, ``heads_mask``,
+  ``mean_head_outputs``, ``ablation_effect``, ``single_head_effects``;
+- agreement: ``top_heads``, ``precision_at_k``, ``spearman``.
 """
 
 from __future__ import annotations
@@ -17,15 +21,25 @@ _PUBLIC = {
     "ov_copying_scores": "ov",
     "composition_scores": "composition",
     "composition_tensors": "composition",
+    "rope_average": "rope_average",
     "attention_scores": "attention_scores",
     "prefix_matching_scores": "attention_scores",
     "previous_token_scores": "attention_scores",
     "duplicate_token_scores": "attention_scores",
     "copying_scores": "attention_scores",
-    "sweep_losses": "ablation",
-    "one_head_each": "ablation",
     "repeated_random_tokens": "repeated_tokens",
-    "rope_average": "rope_average",
+    "induction_targets": "targets",
+    "sweep_losses": "ablation",
+    "estimate_sweep_losses": "ablation",
+    "one_head_each": "ablation",
+    "heads_mask": "ablation",
+    "mean_head_outputs": "ablation",
+    "ablation_effect": "agreement",
+    "single_head_effects": "agreement",
+    "top_heads": "agreement",
+    "precision_at_k": "agreement",
+    "spearman": "agreement",
+    "HeadScores": "results",
 }
 
 __all__ = sorted(_PUBLIC)

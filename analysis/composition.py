@@ -21,9 +21,9 @@ import numpy as np
 from circuits.analysis.results import CompositionScores
 from circuits.analysis.rope_average import rope_average
 from circuits.analysis.weights import AttentionWeights, WeightReader, gram_factor
-from circuits.models.layout import TensorSource
-from circuits.models.layers import einsum
 from circuits.models.config import ModelConfig
+from circuits.models.layers import einsum
+from circuits.models.layout import TensorSource
 from circuits.utils import progress
 
 KINDS = ("q", "k", "v")

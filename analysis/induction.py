@@ -47,8 +47,8 @@ from circuits.analysis.results import CompositionScores, HeadScores
 from circuits.analysis.rope_average import DEFAULT_OFFSETS, rope_average
 from circuits.analysis.standins import DEFAULT_BLOWUP, DEFAULT_TOKENS, TokenStandins, sample_token_ids
 from circuits.analysis.weights import AttentionWeights, Preprocessing, WeightReader, gram_factor
-from circuits.models.layout import TensorSource
 from circuits.models.layers import einsum
+from circuits.models.layout import TensorSource
 from circuits.utils import progress, rounded_list
 
 METHODS = ("kcomp-token-z", "ov-kcomp-eigen")

@@ -3,13 +3,12 @@
 from __future__ import annotations
 
 import jax
-import jax.numpy as jnp
 import numpy as np
 
 from circuits.analysis.results import HeadScores
 from circuits.analysis.weights import WeightReader
-from circuits.models.layout import TensorSource
 from circuits.models.layers import einsum
+from circuits.models.layout import TensorSource
 from circuits.utils import progress
 
 

@@ -14,8 +14,8 @@ import jax
 import jax.numpy as jnp
 import numpy as np
 
-from circuits.models.layout import TensorSource
 from circuits.models.config import ModelConfig
+from circuits.models.layout import TensorSource
 
 VOCAB_CHUNK = 8192
 

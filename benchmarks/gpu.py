@@ -145,7 +145,6 @@ def forward_rows(shapes: dict, n_layers: int, dtype, torch_dtype, batches: tuple
         mfu = ours_rate * flops_per_token(model.config, seq) / H100_BF16_PEAK
         print(f"forward {label}, {batch} x {seq}: ours {ours_rate:,.0f} tok/s, transformers {theirs_rate:,.0f} tok/s "
               f"({ours_rate / theirs_rate:.2f}x), ours {100 * mfu:.0f}% of bf16 peak")
-    del model, twin
 
 
 def sweep_rows() -> None:

@@ -7,12 +7,12 @@ import argparse
 import sys
 from pathlib import Path
 
-from circuits.formation.clamps import DEFAULT_CLAMPS
 from circuits.analysis.induction import METHODS
 from circuits.convert.errors import CheckpointError
+from circuits.convert.named_models import DEFAULT_MODEL, ModelDownloadError
+from circuits.formation.clamps import DEFAULT_CLAMPS
 from circuits.models.config import ConfigError
 from circuits.models.sharding import MeshError, parse_mesh
-from circuits.convert.named_models import DEFAULT_MODEL, ModelDownloadError
 from circuits.report.resources import NotEnoughMemoryError
 from circuits.utils import OutputError, check_output_directory, check_output_file, head_label
 
@@ -41,8 +41,8 @@ USER_ERRORS = (
 
 
 def _convert(args: argparse.Namespace) -> None:
-    from circuits.convert.orbax_cache import save_cache
     from circuits.convert.loading import load
+    from circuits.convert.orbax_cache import save_cache
 
     model = load(args.source, dtype=args.dtype)
     destination = save_cache(model, args.destination, overwrite=args.force)
@@ -50,9 +50,7 @@ def _convert(args: argparse.Namespace) -> None:
 
 
 def _info(args: argparse.Namespace) -> None:
-    from circuits.convert.loading import load
-
-    from circuits.convert.loading import provenance
+    from circuits.convert.loading import load, provenance
 
     model = load(args.model, dtype=args.dtype, mesh=parse_mesh(args.mesh) if args.mesh else None)
     for key, value in provenance(args.model).items():
@@ -156,9 +154,9 @@ def _icl(args: argparse.Namespace) -> None:
     from rich.console import Console
     from rich.table import Table
 
-    from circuits.icl.experiment import QUICK, ICLSettings, run_icl
     from circuits.convert.loading import load
     from circuits.convert.tokenizer import load_tokenizer
+    from circuits.icl.experiment import QUICK, ICLSettings, run_icl
 
     if args.out:
         check_output_directory(args.out, ("icl.json", "icl.md", "icl.png"))

@@ -10,7 +10,6 @@ half-split order here, so GGUF and HF checkpoints give the same canonical weight
 from __future__ import annotations
 
 import collections
-
 from pathlib import Path
 from typing import Any
 

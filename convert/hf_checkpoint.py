@@ -3,7 +3,6 @@
 from __future__ import annotations
 
 import collections
-
 import json
 from pathlib import Path
 from typing import Any, Callable
@@ -11,8 +10,8 @@ from typing import Any, Callable
 import numpy as np
 
 from circuits.convert.errors import CheckpointError
-from circuits.convert.layout import TensorRule
 from circuits.convert.internlm2 import INTERNLM2_RULES, internlm2_config
+from circuits.convert.layout import TensorRule
 from circuits.convert.llama import IGNORED_SUFFIXES, LLAMA_RULES, llama_config
 from circuits.convert.safetensors_file import SafetensorsFile
 from circuits.convert.table_checkpoint import TableCheckpoint

@@ -15,6 +15,7 @@ import numpy as np
 
 from circuits.models.config import ModelConfig
 
+
 @dataclasses.dataclass(frozen=True)
 class TensorRule:
     """One stored tensor: ``stored_name`` (``{i}`` = layer), the canonical ``outputs`` it yields,

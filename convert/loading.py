@@ -12,9 +12,9 @@ from circuits.convert.build import build_transformer, resolve_dtype
 from circuits.convert.errors import CheckpointError
 from circuits.convert.gguf_checkpoint import GGUFCheckpoint
 from circuits.convert.hf_checkpoint import HFCheckpoint
+from circuits.convert.named_models import NAMED_MODELS, fetch_named_model
 from circuits.convert.orbax_cache import cache_dtype, is_cache, load_cache
 from circuits.models.demo import DEMO_NAME, planted_induction_model
-from circuits.convert.named_models import NAMED_MODELS, fetch_named_model
 from circuits.models.transformer import Transformer
 
 FORMATS = (

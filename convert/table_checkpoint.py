@@ -15,8 +15,8 @@ import numpy as np
 
 from circuits.convert.errors import CheckpointError
 from circuits.convert.layout import TensorRule
-from circuits.models.layout import canonical_shape, expected_params
 from circuits.models.config import ModelConfig
+from circuits.models.layout import canonical_shape, expected_params
 
 
 class TableCheckpoint:

@@ -12,8 +12,8 @@ from flax import nnx
 from circuits.models.attention import Attention
 from circuits.models.config import ModelConfig
 from circuits.models.interventions import Interventions, check_capture
-from circuits.models.layout import ATTENTION_PARAMS, MLP_PARAMS
 from circuits.models.layers import MLP, WEIGHT_INIT, einsum, rms_norm
+from circuits.models.layout import ATTENTION_PARAMS, MLP_PARAMS
 from circuits.models.rope import rotary_tables
 
 

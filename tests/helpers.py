@@ -1,7 +1,6 @@
 """Helpers shared by the tests: tiny random HF Llama models, token batches and greedy decoding."""
 
 import numpy as np
-import pytest
 
 
 def randomize_torch_model(model, seed: int = 0, scale: float = 0.15) -> None:
@@ -34,25 +33,6 @@ def tiny_llama_config(**overrides):
     )
     settings.update(overrides)
     return LlamaConfig(**settings)
-
-
-@pytest.fixture
-def make_llama(tmp_path):
-    """make_llama(name, dtype=torch.float32, max_shard_size=None, **config) -> (directory, torch model in eval mode)."""
-    import torch
-    from transformers import LlamaForCausalLM
-
-    def make(name: str = "llama", dtype=torch.float32, max_shard_size=None, seed: int = 0, **overrides):
-        torch.manual_seed(seed)
-        model = LlamaForCausalLM(tiny_llama_config(**overrides)).eval()
-        randomize_torch_model(model, seed)
-        model = model.to(dtype)
-        directory = tmp_path / name
-        kwargs = {"max_shard_size": max_shard_size} if max_shard_size else {}
-        model.save_pretrained(directory, **kwargs)
-        return directory, model
-
-    return make
 
 
 def torch_logits(model, tokens: np.ndarray) -> np.ndarray:
@@ -229,14 +209,6 @@ def write_gguf(path, hf_model, qtype: str = "F32", arch: str = "llama", rope_fre
     writer.write_kv_data_to_file()
     writer.write_tensors_to_file()
     writer.close()
-
-
-@pytest.fixture(scope="session")
-def smollm2():
-    """The real SmolLM2-135M-Instruct (Q4_1 GGUF dequantized to float32), fetched into the cache once."""
-    import circuits
-
-    return circuits.load("smollm2-135m", show_progress=False)
 
 
 def greedy_continuation(model, prompt: list[int], max_new_tokens: int, stop: int | None = None) -> list[int]:

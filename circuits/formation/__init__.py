@@ -6,6 +6,6 @@ scores a model during training, :mod:`.training` runs seeds together as one vmap
 """
 
 from circuits.formation.experiment import FormationResult, run_formation
-from circuits.formation.training import TrainSettings, Trainer
+from circuits.formation.training import Trainer, TrainSettings
 
 __all__ = ["FormationResult", "TrainSettings", "Trainer", "run_formation"]

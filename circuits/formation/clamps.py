@@ -23,8 +23,8 @@ import re
 import jax.numpy as jnp
 import numpy as np
 
-from circuits.formation.tasks import TaskBatch
 from circuits.analysis.targets import previous_token_targets
+from circuits.formation.tasks import TaskBatch
 from circuits.models.config import ModelConfig
 from circuits.models.interventions import Interventions
 

@@ -23,10 +23,10 @@ import jax.numpy as jnp
 import numpy as np
 from flax import nnx
 
-from circuits.formation.clamps import Clamp
 from circuits.analysis.composition import composition_scores
-from circuits.formation.tasks import TaskBatch
 from circuits.analysis.targets import attention_share, previous_token_targets
+from circuits.formation.clamps import Clamp
+from circuits.formation.tasks import TaskBatch
 from circuits.models.layers import einsum, rms_norm
 from circuits.models.transformer import Transformer
 

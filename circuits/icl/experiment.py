@@ -9,11 +9,14 @@ knocked out in the top heads.
 from __future__ import annotations
 
 import dataclasses
+
 import numpy as np
 
 from circuits.analysis.ablation import heads_mask, mean_head_outputs
 from circuits.analysis.agreement import heads_for_fraction, random_heads, top_heads
 from circuits.analysis.attention_scores import prefix_matching_scores
+from circuits.analysis.repeated_tokens import repeated_random_tokens
+from circuits.analysis.targets import category_targets, induction_targets
 from circuits.icl.scoring import (
     accuracy,
     category_map,
@@ -22,8 +25,6 @@ from circuits.icl.scoring import (
     pattern_matching_heads,
 )
 from circuits.icl.tasks import TASKS, few_shot_prompts
-from circuits.analysis.repeated_tokens import repeated_random_tokens
-from circuits.analysis.targets import category_targets, induction_targets
 from circuits.models.interventions import Interventions
 from circuits.plots import grouped_bars
 from circuits.utils import ResultFiles, head_label, json_text, progress

@@ -16,9 +16,9 @@ import jax.numpy as jnp
 import numpy as np
 from flax import nnx
 
-from circuits.icl.tasks import CATEGORIES, LABELS, Prompt, pattern_matching_lines
 from circuits.analysis.losses import token_losses
 from circuits.analysis.targets import attention_share
+from circuits.icl.tasks import CATEGORIES, LABELS, Prompt, pattern_matching_lines
 from circuits.models.interventions import Interventions
 from circuits.models.transformer import Transformer
 

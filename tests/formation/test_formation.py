@@ -12,15 +12,15 @@ from flax import nnx
 from helpers import random_tokens, random_transformer
 
 from circuits.analysis.attention_scores import prefix_matching_scores, previous_token_scores
-from circuits.formation.clamps import Clamp, ClampError
-from circuits.formation.measures import phase_change_step, query_losses
-from circuits.formation.tasks import FewShotTask, RepeatTask
 from circuits.analysis.induction import predict_induction
 from circuits.analysis.repeated_tokens import repeated_random_tokens
 from circuits.cli import main
+from circuits.formation.clamps import Clamp, ClampError
 from circuits.formation.experiment import FormationResult
-from circuits.models.interventions import Interventions
+from circuits.formation.measures import phase_change_step, query_losses
+from circuits.formation.tasks import FewShotTask, RepeatTask
 from circuits.formation.training import Trainer, TrainingError, TrainSettings, adam_step
+from circuits.models.interventions import Interventions
 
 FEWSHOT = TrainSettings(steps=200, batch_size=32, eval_every=100, checkpoint_every=100)
 REPEAT = dataclasses.replace(FEWSHOT, task="repeat")

@@ -6,6 +6,8 @@ import pytest
 from helpers import random_transformer
 
 from circuits.analysis.ablation import heads_mask
+from circuits.analysis.losses import token_losses
+from circuits.analysis.targets import induction_targets
 from circuits.icl.scoring import (
     accuracy,
     category_map,
@@ -14,8 +16,6 @@ from circuits.icl.scoring import (
     pattern_matching_batch,
 )
 from circuits.icl.tasks import CATEGORIES, LABELS, TASKS, Prompt, few_shot_prompts
-from circuits.analysis.losses import token_losses
-from circuits.analysis.targets import induction_targets
 from circuits.models import Interventions
 
 

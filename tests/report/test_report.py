@@ -99,6 +99,7 @@ def test_cli_errors_name_cause_and_fix_and_write_nothing(tmp_path, capsys, monke
     assert not out.exists() and not list(tmp_path.glob(".never*"))
 
 
+@pytest.mark.network
 def test_real_model_report_contains_the_confirmed_heads(tmp_path, capsys):
     out = tmp_path / "smollm2"
     assert main(["report", "--validate", "--out", str(out)]) == 0  # the README's main job, on the default model
