@@ -1,17 +1,23 @@
 """Weight-only prediction of induction circuits: previous-token head -> induction head edges.
 
-Method ``kcomp-token-z`` (default). An induction head i reads, through K-composition, the output of a
-previous-token head j, and its QK circuit then matches the current token against the previous
+Method ``kcomp-token-zgain`` (default). An induction head i reads, through K-composition, the output of
+a previous-token head j, and its QK circuit then matches the current token against the previous
 token of each key (Olsson et al. 2022). Edge strength::
 
-    edge(j -> i) = S_ji * max(Z_ji, 0),   predicted_induction_i = max_j edge(j -> i)
+    edge(j -> i) = S_ji * max(Z_ji, 0) * max(G_ji, 0),   predicted_induction_i = max_j edge(j -> i)
 
 - ``S_ji``: K-composition of head j's OV into head i's RoPE-averaged QK circuit ``W_Q R_bar W_K^T``
   (:mod:`~circuits.analysis.rope_average`), in units of its random baseline;
-- ``Z_ji``: diagonal z-score of the token-level prefix-matching circuit
-  ``C = X_i W_Q^i R_bar W_K^iT (X_j W_V^j W_O^j)^T`` over sampled token stand-ins
-  (:mod:`~circuits.analysis.standins`): (mean of the diagonal - mean of all entries) / their std.
-  A high Z means a query token attends to keys whose *previous* token is itself.
+- the token-level prefix-matching circuit ``C = X_i W_Q^i R_bar W_K^iT (X_j W_V^j W_O^j)^T / sqrt(D)``
+  over sampled token stand-ins (:mod:`~circuits.analysis.standins`), attention logits of a query
+  token a against a key whose previous token b was moved there by head j;
+- ``G_ji`` (logit gain, nats): mean of its diagonal minus the mean of all entries, how much more a
+  query attends to a key whose previous token is itself;
+- ``Z_ji``: that gain over the std of all entries, how reliably it does so.
+
+The gain tells an induction head from a head whose QK only weakly prefers the matching key (in
+trained models, heads one layer below the induction heads often have a high Z but a small gain).
+Method ``kcomp-token-z`` drops the gain factor (``S * max(Z, 0)``), for comparison.
 
 Everything goes through D x D factors (no n x n, V x V or M x M matrix), in one streaming pass:
 ``P_ji = W_O^j W_K'^i`` [D, D] is the one M-long product per head pair, and
@@ -51,9 +57,9 @@ from circuits.models.layers import einsum
 from circuits.models.layout import TensorSource
 from circuits.utils import progress, rounded_list
 
-METHODS = ("kcomp-token-z", "ov-kcomp-eigen")
+METHODS = ("kcomp-token-zgain", "kcomp-token-z", "ov-kcomp-eigen")
 
-SCHEMA_VERSION = 2  # of InductionPrediction.to_dict
+SCHEMA_VERSION = 3  # of InductionPrediction.to_dict
 
 
 def _flat_heads(w: AttentionWeights) -> tuple[jax.Array, jax.Array, jax.Array, jax.Array]:
@@ -191,9 +197,9 @@ def _previous_token_preference(
 
 
 @jax.jit
-def _edge_terms(earlier: EarlierHeads, later: LaterHeads, keep: jax.Array) -> tuple[jax.Array, jax.Array]:
-    """(K-composition f32[A, G, K, G'], token z-score f32[A, G, K, G']) of every earlier head (a, g) into
-    every later head (k, g'); ``keep`` bool[n] marks the stand-ins in use."""
+def _edge_terms(earlier: EarlierHeads, later: LaterHeads, keep: jax.Array) -> tuple[jax.Array, jax.Array, jax.Array]:
+    """(K-composition, token z-score, token logit gain in nats), each f32[A, G, K, G'], of every earlier head
+    (a, g) into every later head (k, g'); ``keep`` bool[n] marks the stand-ins in use."""
     dtype = earlier.wo.dtype
     output_key = _einsum("agdm,mke->agkde", earlier.wo, later.wk.astype(dtype))  # P = W_O^j W_K'^i: the M-long product
 
@@ -212,7 +218,8 @@ def _edge_terms(earlier: EarlierHeads, later: LaterHeads, keep: jax.Array) -> tu
     key_query_gram = _einsum("agkde,khef->agkhdf", output_key, _einsum("nkhd,nkhe->khde", queries, queries))
     second_moment = _einsum("agkdf,agkhdf->agkh", value_gram_key, key_query_gram) / count**2
     std = jnp.sqrt(jnp.maximum(second_moment - mean**2, 1e-30))
-    return k_composition, (diagonal - mean) / std
+    gain = (diagonal - mean) / jnp.sqrt(jnp.float32(output_key.shape[-1]))
+    return k_composition, (diagonal - mean) / std, gain
 
 
 def _stack_block(blocks: list[EarlierHeads], size: int) -> EarlierHeads:
@@ -232,8 +239,9 @@ class InductionEdge:
     """A predicted previous-token head (prev_layer, prev_head) -> induction head (layer, head) edge.
 
     ``score``: the edge strength; ``k_composition_ratio``: K-composition in units of its random
-    baseline; ``token_term``: the token-level term (Z for ``kcomp-token-z``, eigenvalue positivity for
-    ``ov-kcomp-eigen``)."""
+    baseline; ``token_term``: the token-level term (Z for the ``kcomp-token-*`` methods, eigenvalue
+    positivity for ``ov-kcomp-eigen``); ``token_gain``: the token-level logit gain G in nats
+    (``kcomp-token-*`` only, else 0)."""
 
     prev_layer: int
     prev_head: int
@@ -242,6 +250,7 @@ class InductionEdge:
     score: float
     k_composition_ratio: float
     token_term: float
+    token_gain: float = 0.0
 
 
 @dataclasses.dataclass(frozen=True)
@@ -253,7 +262,7 @@ class PredictorSettings:
     ``blowup``: stand-ins with RMS above this multiple of the median are dropped.
     """
 
-    method: str = "kcomp-token-z"
+    method: str = METHODS[0]
     rope_offsets: tuple[int, int] | None = DEFAULT_OFFSETS
     n_tokens: int = DEFAULT_TOKENS
     token_seed: int = 0
@@ -263,7 +272,7 @@ class PredictorSettings:
     def __post_init__(self):
         if self.method not in METHODS:
             raise ValueError(f"unknown prediction method {self.method!r}; choose from {', '.join(METHODS)}")
-        if self.method == "kcomp-token-z" and self.n_tokens < 2:
+        if self.method.startswith("kcomp-token") and self.n_tokens < 2:
             raise ValueError(f"n_tokens must be at least 2, got {self.n_tokens}")
 
     @classmethod
@@ -278,9 +287,10 @@ class InductionPrediction:
 
     predicted_induction [L, N]: max over earlier heads of the edge strength;
     source_heads int[L, N, 2]: for each head, the (layer, head) of its strongest previous-token head
-    ((-1, -1) in layer 0); edge_strength / k_composition / token_terms: f32[L, N, L, N] over (earlier, later);
+    ((-1, -1) in layer 0); edge_strength / k_composition / token_terms (Z) / token_gain (G, nats):
+    f32[L, N, L, N] over (earlier, later);
     ov_copying: the embed -> unembed OV copying score, a diagnostic column;
-    previous_token: each head's weight-only preference for the previous position (``kcomp-token-z`` only;
+    previous_token: each head's weight-only preference for the previous position (``kcomp-token-*`` only;
     a diagnostic, not part of the score), see ``_previous_token_preference``.
     """
 
@@ -295,6 +305,7 @@ class InductionPrediction:
     edges: list[InductionEdge]
     preprocessing: Preprocessing
     previous_token: HeadScores | None = None
+    token_gain: np.ndarray | None = None
 
     def source_of(self, layer: int, head: int) -> tuple[int, int]:
         """The predicted previous-token head (layer, head) that induction head (layer, head) reads."""
@@ -317,7 +328,7 @@ class InductionPrediction:
         }
 
 
-def _assemble(settings, ov, k_composition, terms, edge_strength, preprocessing, n_edges, previous_token=None) -> InductionPrediction:
+def _assemble(settings, ov, k_composition, terms, edge_strength, preprocessing, n_edges, previous_token=None, gain=None) -> InductionPrediction:
     """Predicted scores, source heads and the top edges from edge strengths f32[L, N, L, N]."""
     n_layers, n_heads = edge_strength.shape[:2]
     flat = edge_strength.reshape(n_layers * n_heads, n_layers, n_heads)
@@ -331,7 +342,8 @@ def _assemble(settings, ov, k_composition, terms, edge_strength, preprocessing, 
         l1, j, l2, i = (int(x) for x in np.unravel_index(index, edge_strength.shape))
         if not edge_strength[l1, j, l2, i] > 0:
             break
-        edges.append(InductionEdge(l1, j, l2, i, float(edge_strength[l1, j, l2, i]), float(ratio[l1, j, l2, i]), float(terms[l1, j, l2, i])))
+        edges.append(InductionEdge(l1, j, l2, i, float(edge_strength[l1, j, l2, i]), float(ratio[l1, j, l2, i]), float(terms[l1, j, l2, i]),
+                                   0.0 if gain is None else float(gain[l1, j, l2, i])))
     return InductionPrediction(
         method=settings.method,
         settings=settings,
@@ -344,13 +356,14 @@ def _assemble(settings, ov, k_composition, terms, edge_strength, preprocessing, 
         edges=edges,
         preprocessing=preprocessing,
         previous_token=previous_token,
+        token_gain=gain,
     )
 
 
-def _predict_kcomp_token_z(
+def _predict_token_level(
     source: TensorSource, settings: PredictorSettings, fold_norms: bool, product_dtype: str | None, n_edges: int, show_progress: bool
 ) -> InductionPrediction:
-    """The default method in one streaming pass over the layers (each layer's weights read once)."""
+    """The ``kcomp-token-*`` methods in one streaming pass over the layers (each layer's weights read once)."""
     reader = WeightReader(source, fold_norms=fold_norms)
     config = reader.config
     n_layers, n_heads, n_kv, d = config.n_layers, config.n_heads, config.n_kv_heads, config.head_dim
@@ -364,6 +377,7 @@ def _predict_kcomp_token_z(
     eigenvalues = np.zeros((n_layers, n_heads, d), np.complex128)
     k_composition = np.zeros((n_layers, n_heads, n_layers, n_heads), np.float32)
     token_z = np.zeros_like(k_composition)
+    token_gain = np.zeros_like(k_composition)
     previous_token = np.zeros((n_layers, n_heads), np.float32)
     rotations = offset_rotations(config)
     per_layer_bytes = n_heads * d * n_heads * d * 4
@@ -381,10 +395,11 @@ def _predict_kcomp_token_z(
         later = dataclasses.replace(later, wk=later.wk.astype(product_dtype))
         for start in range(0, layer, block):
             stop = min(start + block, layer)
-            composition, z = _edge_terms(_stack_block(earlier[start:stop], block), later, keep)
+            composition, z, gain = _edge_terms(_stack_block(earlier[start:stop], block), later, keep)
             real = (stop - start) * n_kv
             k_composition[start:stop, :, layer, :] = np.asarray(composition[:real]).reshape(stop - start, n_heads, n_heads)
             token_z[start:stop, :, layer, :] = np.asarray(z[:real]).reshape(stop - start, n_heads, n_heads)
+            token_gain[start:stop, :, layer, :] = np.asarray(gain[:real]).reshape(stop - start, n_heads, n_heads)
         heads = _earlier_heads(w, x)
         earlier.append(dataclasses.replace(heads, wo=heads.wo.astype(product_dtype)))
         standins.advance()
@@ -392,8 +407,10 @@ def _predict_kcomp_token_z(
     k_scores = CompositionScores("k", k_composition, *baseline, preprocessing)
     ov = HeadScores("ov_copying", copying_score(eigenvalues).astype(np.float32), preprocessing)
     edge_strength = k_scores.ratio() * np.clip(token_z, 0.0, None)
+    if settings.method == "kcomp-token-zgain":
+        edge_strength = edge_strength * np.clip(token_gain, 0.0, None)
     previous = HeadScores("previous_token_preference", previous_token, preprocessing)
-    return _assemble(settings, ov, k_scores, token_z, edge_strength.astype(np.float32), preprocessing, n_edges, previous)
+    return _assemble(settings, ov, k_scores, token_z, edge_strength.astype(np.float32), preprocessing, n_edges, previous, token_gain)
 
 
 def _predict_ov_kcomp_eigen(
@@ -416,7 +433,7 @@ def _predict_ov_kcomp_eigen(
 def predict_induction(
     source: TensorSource,
     *,
-    method: str = "kcomp-token-z",
+    method: str = METHODS[0],
     rope_offsets: tuple[int, int] | None = DEFAULT_OFFSETS,
     n_tokens: int = DEFAULT_TOKENS,
     token_seed: int = 0,
@@ -429,13 +446,14 @@ def predict_induction(
     """Predict induction heads and their previous-token heads from the weights alone.
 
     source: a loaded model or a streamed checkpoint (:func:`circuits.open_weights`).
-    method: ``kcomp-token-z`` (default; see the module docstring) or ``ov-kcomp-eigen`` (the earlier
-    score, for comparison; ``max_pairs`` bounds its eigenvalue terms). rope_offsets, n_tokens,
-    token_seed: the RoPE average and the token stand-ins of ``kcomp-token-z``. product_dtype: input
+    method: ``kcomp-token-zgain`` (default; see the module docstring), ``kcomp-token-z`` (without the
+    logit gain) or ``ov-kcomp-eigen`` (the earlier score, for comparison; ``max_pairs`` bounds its
+    eigenvalue terms). rope_offsets, n_tokens, token_seed: the RoPE average and the token stand-ins of
+    the ``kcomp-token-*`` methods. product_dtype: input
     dtype of the M-long products (default bfloat16 for bfloat16 checkpoints, else float32; float32
     accumulation always). Memory: one layer's weights plus W_O of every layer in ``product_dtype``.
     """
     if method == "ov-kcomp-eigen":
         return _predict_ov_kcomp_eigen(source, PredictorSettings.legacy(), fold_norms, max_pairs, n_edges, show_progress)
     settings = PredictorSettings(method, None if rope_offsets is None else tuple(rope_offsets), n_tokens, token_seed)
-    return _predict_kcomp_token_z(source, settings, fold_norms, product_dtype, n_edges, show_progress)
+    return _predict_token_level(source, settings, fold_norms, product_dtype, n_edges, show_progress)

@@ -92,7 +92,7 @@ def _analyze(args: argparse.Namespace) -> None:
         heads.add_row(str(layer), str(head), f"{score:.3f}", head_label(prev_layer, prev_head), f"{prediction.ov_copying.scores[layer, head]:+.3f}")
     console.print(heads)
     edges = Table(title="Predicted previous-token head -> induction head edges")
-    for column in ("previous-token head", "induction head", "strength", "K-comp / baseline", "token term"):
+    for column in ("previous-token head", "induction head", "strength", "K-comp / baseline", "token z", "logit gain"):
         edges.add_column(column, justify="right")
     for edge in prediction.edges:
         edges.add_row(
@@ -101,6 +101,7 @@ def _analyze(args: argparse.Namespace) -> None:
             f"{edge.score:.3f}",
             f"{edge.k_composition_ratio:.2f}x",
             f"{edge.token_term:+.3f}",
+            f"{edge.token_gain:+.3f}",
         )
     console.print(edges)
     if args.out:
@@ -261,9 +262,10 @@ def build_parser() -> argparse.ArgumentParser:
     analyze.add_argument("--out", default=None, help="also write the full results as JSON to this file")
     analyze.add_argument("--top", type=_positive, default=10, help="heads and edges to show")
     analyze.add_argument("--method", choices=METHODS, default=METHODS[0],
-                         help="kcomp-token-z: RoPE-averaged K-composition x token-level prefix-matching z-score on MLP "
-                              "stand-ins; ov-kcomp-eigen: the earlier OV-copying-weighted score, for comparison")
-    analyze.add_argument("--tokens", type=_positive, default=1024, help="token stand-ins sampled for kcomp-token-z")
+                         help="kcomp-token-zgain: RoPE-averaged K-composition x token-level prefix-matching z-score x its "
+                              "logit gain, on MLP stand-ins; kcomp-token-z: without the gain; ov-kcomp-eigen: the earlier "
+                              "OV-copying-weighted score, for comparison")
+    analyze.add_argument("--tokens", type=_positive, default=1024, help="token stand-ins sampled for the kcomp-token-* methods")
     analyze.add_argument("--token-seed", type=int, default=0, help="seed of the token sample")
     analyze.add_argument("--max-pairs", type=_positive, default=4096, help="head pairs that get eigenvalue terms (ov-kcomp-eigen only)")
     analyze.add_argument("--no-fold-norms", action="store_true", help="score raw weights (RMSNorm gains not folded in)")

@@ -29,7 +29,7 @@ from circuits.analysis.repeated_tokens import repeated_random_tokens
 from circuits.analysis.targets import induction_targets
 from circuits.utils import ResultFiles, json_text, progress, rounded_list
 
-SCHEMA_VERSION = 2
+SCHEMA_VERSION = 3
 PREVIOUS_TOKEN_THRESHOLD = 0.5
 REPORT_FILES = ("report.json", "report.md", "report.html")
 

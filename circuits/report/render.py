@@ -14,11 +14,11 @@ from circuits.plots import circuit_graph, head_heatmap, prediction_scatter
 from circuits.utils import head_label
 
 READING_GUIDE = """\
-* **predicted induction** (weights only, method kcomp-token-z): the strongest edge from an earlier head j,
+* **predicted induction** (weights only, method kcomp-token-zgain): the strongest edge from an earlier head j,
   K-composition of j's OV into this head's RoPE-averaged QK circuit (in units of the random baseline) x the
-  positive part of the token-level prefix-matching z-score (do query tokens match keys whose previous token,
-  moved by j, is the same token? computed on token stand-ins: embeddings through the MLP blocks alone);
-  0 = no induction circuit predicted.
+  token-level prefix-matching z-score x its logit gain (does a query token attend to keys whose previous token,
+  moved there by j, is the same token, how reliably (z) and by how many nats (gain)? computed on token
+  stand-ins: embeddings through the MLP blocks alone); 0 = no induction circuit predicted.
 * **source head** (weights only): the earlier head j of that strongest edge, the predicted previous-token head.
 * **OV copying** (weights only, a diagnostic): Re(sum of eigenvalues) / sum |eigenvalues| of the embed -> unembed
   OV circuit, in [-1, 1]. Not part of the prediction: in deep models induction heads write into later layers,
@@ -53,13 +53,13 @@ def head_rows(report) -> tuple[list[str], list[list[str]]]:
 
 def edge_rows(report) -> tuple[list[str], list[list[str]]]:
     v = report.validation
-    header = ["previous-token head", "induction head", "strength", "K-composition / baseline", "token term"]
+    header = ["previous-token head", "induction head", "strength", "K-composition / baseline", "token z", "logit gain (nats)"]
     if v is not None:
         header += ["measured previous token (of the first head)"]
     rows = []
     for e in report.edges[: max(10, report.k)]:
         row = [head_label(e.prev_layer, e.prev_head), head_label(e.layer, e.head), f"{e.score:.3f}",
-               f"{e.k_composition_ratio:.2f}x", f"{e.token_term:+.3f}"]
+               f"{e.k_composition_ratio:.2f}x", f"{e.token_term:+.3f}", f"{e.token_gain:+.3f}"]
         if v is not None:
             row.append(f"{v.previous_token[e.prev_layer, e.prev_head]:.3f}")
         rows.append(row)
