@@ -1,7 +1,12 @@
 """Tokenizers for every checkpoint format, built with the ``tokenizers`` library.
 
-HF directories carry ``tokenizer.json``; GGUF files carry their vocabulary, merges and
-pre-tokenizer name in metadata, from which an equivalent byte-level BPE tokenizer is built.
+- HF directories carry ``tokenizer.json``, or only a SentencePiece ``tokenizer.model`` (InternLM2,
+  older Llamas), read with the ``sentencepiece`` package;
+- GGUF files carry their vocabulary in metadata: byte-level BPE (``gpt2``: tokens, merges and the
+  pre-tokenizer name) or SentencePiece (``llama``: tokens, scores and token types).
+
+SentencePiece vocabularies become a ``tokenizers`` BPE (or Unigram) model with byte fallback, the
+way HF's fast Llama tokenizer is built, so every format returns the same ``tokenizers.Tokenizer``.
 """
 
 from __future__ import annotations
@@ -9,7 +14,7 @@ from __future__ import annotations
 import warnings
 from pathlib import Path
 
-from tokenizers import Regex, Tokenizer, decoders, models, pre_tokenizers, processors
+from tokenizers import Regex, Tokenizer, decoders, models, normalizers, pre_tokenizers, processors
 
 from circuits.convert.gguf_checkpoint import open_gguf
 
@@ -42,14 +47,87 @@ def _field(reader, name: str):
     return None if field is None else field.contents()
 
 
+# SentencePiece piece types (sentencepiece_model.proto): 1 normal, 2 unknown, 3 control, 4 user-defined, 6 byte
+UNKNOWN, CONTROL, USER_DEFINED = 2, 3, 4
+
+
+def _bpe_merges(pieces: list[str], scores: list[float]) -> list[tuple[str, str]]:
+    """The merges of a SentencePiece BPE vocabulary: every split of a piece into two pieces, earliest for the
+    piece with the highest score (SentencePiece merges the best-scoring pair first)."""
+    rank = {piece: i for i, piece in enumerate(pieces)}
+    found = []
+    for piece, score in zip(pieces, scores):
+        for cut in range(1, len(piece)):
+            left, right = piece[:cut], piece[cut:]
+            if left in rank and right in rank:
+                found.append((-score, rank[piece], rank[left], left, right))
+    return [(left, right) for *_, left, right in sorted(found)]
+
+
+def sentencepiece_tokenizer(pieces: list[str], scores: list[float], types: list[int], *, bpe: bool, add_bos: bool,
+                            bos_id: int | None, add_dummy_prefix: bool = True, nfkc: bool = False,
+                            remove_extra_whitespaces: bool = False) -> Tokenizer:
+    """A ``tokenizers`` equivalent of a SentencePiece model (BPE or Unigram, with byte fallback).
+
+    The defaults are Llama's (and llama.cpp's ``llama`` vocabularies'): no Unicode normalisation, spaces kept.
+    """
+    unknown = next((i for i, kind in enumerate(types) if kind == UNKNOWN), 0)
+    if bpe:
+        vocab = {piece: i for i, piece in enumerate(pieces)}
+        model = models.BPE(vocab=vocab, merges=_bpe_merges(pieces, scores), unk_token=pieces[unknown], fuse_unk=True, byte_fallback=True)
+    else:
+        model = models.Unigram([(piece, float(score)) for piece, score in zip(pieces, scores)], unk_id=unknown, byte_fallback=True)
+    tokenizer = Tokenizer(model)
+    steps = [normalizers.NFKC()] if nfkc else []
+    if remove_extra_whitespaces:
+        steps += [normalizers.Strip(), normalizers.Replace(Regex(" {2,}"), " ")]
+    steps += [normalizers.Prepend("\u2581")] if add_dummy_prefix else []
+    tokenizer.normalizer = normalizers.Sequence(steps + [normalizers.Replace(" ", "\u2581")])
+    strip = [decoders.Strip(content=" ", left=1, right=0)] if add_dummy_prefix else []
+    tokenizer.decoder = decoders.Sequence([decoders.Replace("\u2581", " "), decoders.ByteFallback(), decoders.Fuse(), *strip])
+    tokenizer.add_special_tokens([pieces[i] for i, kind in enumerate(types) if kind in (UNKNOWN, CONTROL)])
+    tokenizer.add_tokens([pieces[i] for i, kind in enumerate(types) if kind == USER_DEFINED])
+    if add_bos and bos_id is not None:
+        tokenizer.post_processor = processors.TemplateProcessing(single=f"{pieces[bos_id]} $A", special_tokens=[(pieces[bos_id], bos_id)])
+    return tokenizer
+
+
+def tokenizer_from_sentencepiece(path: str | Path) -> Tokenizer:
+    """The tokenizer of a SentencePiece ``tokenizer.model`` file (BOS added, as Llama and InternLM2 do)."""
+    from sentencepiece import sentencepiece_model_pb2
+
+    proto = sentencepiece_model_pb2.ModelProto()
+    try:
+        proto.ParseFromString(Path(path).read_bytes())
+    except Exception as err:  # protobuf's DecodeError
+        raise TokenizerError(f"{path}: not a SentencePiece model ({err}); fix: use the model's own tokenizer.model") from err
+    kind = proto.trainer_spec.model_type  # 1 unigram, 2 BPE
+    if kind not in (1, 2):
+        raise TokenizerError(f"{path}: SentencePiece model type {kind} is not BPE or Unigram; fix: provide a tokenizer.json")
+    pieces = [p.piece for p in proto.pieces]
+    bos = proto.trainer_spec.bos_id
+    return sentencepiece_tokenizer(pieces, [p.score for p in proto.pieces], [p.type for p in proto.pieces], bpe=kind == 2,
+                                   add_bos=bos >= 0, bos_id=bos if bos >= 0 else None,
+                                   add_dummy_prefix=proto.normalizer_spec.add_dummy_prefix,
+                                   nfkc=proto.normalizer_spec.name.startswith("nmt_nfkc") or proto.normalizer_spec.name == "nfkc",
+                                   remove_extra_whitespaces=proto.normalizer_spec.remove_extra_whitespaces)
+
+
 def tokenizer_from_gguf(path: str | Path) -> Tokenizer:
-    """The byte-level BPE tokenizer stored in a GGUF file's ``tokenizer.ggml.*`` metadata."""
+    """The tokenizer stored in a GGUF file's ``tokenizer.ggml.*`` metadata: byte-level BPE (``gpt2``) or
+    SentencePiece (``llama``)."""
     reader = open_gguf(Path(path))
     kind = _field(reader, "tokenizer.ggml.model")
+    if kind == "llama":
+        tokens = list(_field(reader, "tokenizer.ggml.tokens"))
+        add_bos = _field(reader, "tokenizer.ggml.add_bos_token")
+        return sentencepiece_tokenizer(tokens, list(_field(reader, "tokenizer.ggml.scores")), list(_field(reader, "tokenizer.ggml.token_type")),
+                                       bpe=True, add_bos=True if add_bos is None else bool(add_bos),
+                                       bos_id=_field(reader, "tokenizer.ggml.bos_token_id"))
     if kind != "gpt2":
         raise TokenizerError(
-            f"{path}: the GGUF tokenizer model is {kind!r}; only byte-level BPE ('gpt2') vocabularies are built "
-            "from GGUF metadata. Fix: pass the model's tokenizer.json instead"
+            f"{path}: the GGUF tokenizer model is {kind!r}; byte-level BPE ('gpt2') and SentencePiece ('llama') vocabularies "
+            "are read from GGUF metadata. Fix: pass the model's tokenizer.json instead"
         )
     tokens = _field(reader, "tokenizer.ggml.tokens")
     merges = [tuple(merge.split(" ", 1)) for merge in _field(reader, "tokenizer.ggml.merges")]
@@ -67,13 +145,20 @@ def tokenizer_from_gguf(path: str | Path) -> Tokenizer:
 
 
 def load_tokenizer(path: str | Path) -> Tokenizer:
-    """The tokenizer of a model name, GGUF file, or HF directory (its ``tokenizer.json``)."""
-    from circuits.convert.loading import resolve
+    """The tokenizer of a model name, GGUF file, or HF directory (its ``tokenizer.json``, else its SentencePiece
+    ``tokenizer.model``)."""
+    from circuits.convert.loading import DEMO_NAME, resolve
 
+    if str(path) == DEMO_NAME:
+        raise TokenizerError(f"the {DEMO_NAME!r} model is planted by hand over a toy vocabulary and has no tokenizer; "
+                             "fix: use a real checkpoint, e.g. smollm2-135m")
     path = Path(resolve(path))
     if path.suffix == ".gguf":
         return tokenizer_from_gguf(path)
     directory = path if path.is_dir() else path.parent
     if (directory / "tokenizer.json").is_file():
         return Tokenizer.from_file(str(directory / "tokenizer.json"))
-    raise TokenizerError(f"{path}: no tokenizer.json found. Fix: copy the model's tokenizer.json into {directory}")
+    if (directory / "tokenizer.model").is_file():
+        return tokenizer_from_sentencepiece(directory / "tokenizer.model")
+    raise TokenizerError(f"{path}: no tokenizer.json or SentencePiece tokenizer.model found. "
+                         f"Fix: copy the model's tokenizer.json or tokenizer.model into {directory}")
