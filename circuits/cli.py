@@ -41,11 +41,13 @@ USER_ERRORS = (
 
 
 def _convert(args: argparse.Namespace) -> None:
-    from circuits.convert.loading import load
-    from circuits.convert.orbax_cache import save_cache
+    from circuits.convert.loading import load, resolve
+    from circuits.convert.orbax_cache import check_destination, save_cache
 
-    model = load(args.source, dtype=args.dtype)
-    destination = save_cache(model, args.destination, overwrite=args.force)
+    source = resolve(args.source)
+    check_destination(args.destination, overwrite=args.force, source=source)
+    model = load(source, dtype=args.dtype)
+    destination = save_cache(model, args.destination, overwrite=args.force, source=source)
     print(f"wrote {destination}")
 
 

@@ -62,11 +62,35 @@ def _honour_umask(path: Path, directory: bool = False) -> None:
     os.chmod(path, (0o777 if directory else 0o666) & ~_umask())
 
 
+def _alive(pid: int) -> bool:
+    try:
+        os.kill(pid, 0)
+    except ProcessLookupError:
+        return False
+    except PermissionError:
+        return True
+    return True
+
+
+def remove_stale_partials(target: str | Path) -> None:
+    """Delete what killed runs left beside ``target``: ``.NAME.partial-PID*`` and ``.NAME.old-PID`` entries
+    whose process PID is gone (a running process's are left alone)."""
+    target = Path(target).absolute()
+    if not target.parent.is_dir():
+        return
+    for entry in target.parent.glob(f".{target.name}.*"):
+        kind, _, rest = entry.name[len(target.name) + 2:].partition("-")
+        pid = rest.split("-", 1)[0]
+        if kind in ("partial", "old") and pid.isdigit() and int(pid) != os.getpid() and not _alive(int(pid)):
+            shutil.rmtree(entry, ignore_errors=True) if entry.is_dir() else entry.unlink(missing_ok=True)
+
+
 def atomic_write_text(path: str | Path, text: str) -> Path:
     """Write ``text`` to ``path`` through a temporary file in the same directory, then rename: never half-written."""
     path = Path(path)
     path.parent.mkdir(parents=True, exist_ok=True)
-    handle, temporary = tempfile.mkstemp(dir=path.parent, prefix=f".{path.name}.", suffix=f".partial-{os.getpid()}")
+    remove_stale_partials(path)
+    handle, temporary = tempfile.mkstemp(dir=path.parent, prefix=f".{path.name}.partial-{os.getpid()}-")
     try:
         with os.fdopen(handle, "w", encoding="utf-8") as stream:
             stream.write(text)
@@ -125,6 +149,7 @@ def write_files(directory: str | Path, files: dict[str, str | bytes], keep: tupl
     directory = Path(directory).absolute()
     check_output_directory(directory, tuple(files), keep)
     directory.parent.mkdir(parents=True, exist_ok=True)
+    remove_stale_partials(directory)
     staging = Path(tempfile.mkdtemp(dir=directory.parent, prefix=f".{directory.name}.partial-{os.getpid()}-"))
     retired = directory.parent / f".{directory.name}.old-{os.getpid()}"
     try:

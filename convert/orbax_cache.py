@@ -8,6 +8,7 @@ import shutil
 from pathlib import Path
 
 import jax
+import jax.numpy as jnp
 import orbax.checkpoint as ocp
 from flax import nnx
 from jax.sharding import Mesh
@@ -17,6 +18,7 @@ from circuits.convert.errors import CheckpointError
 from circuits.models.config import ModelConfig
 from circuits.models.sharding import check_mesh_fits, param_sharding
 from circuits.models.transformer import Transformer
+from circuits.utils import remove_stale_partials
 
 MARKER = "circuits_cache.json"
 FORMAT_VERSION = 1
@@ -26,27 +28,65 @@ def is_cache(path: str | Path) -> bool:
     return (Path(path) / MARKER).is_file()
 
 
-def save_cache(model: Transformer, destination: str | Path, *, overwrite: bool = False) -> Path:
-    """Write ``model`` to ``destination`` (a new directory); written to a temporary sibling, then renamed."""
+@jax.jit
+def _checksum(array: jax.Array) -> jax.Array:
+    """uint32 checksum of an array's bits: a position-weighted sum mod 2^32 (computed where the array lives,
+    sharded or not), so a flipped, lost or moved value changes it."""
+    bits = jax.lax.bitcast_convert_type(array, {1: jnp.uint8, 2: jnp.uint16, 4: jnp.uint32}[array.dtype.itemsize]).astype(jnp.uint32)
+    weights = jax.lax.iota(jnp.uint32, bits.size).reshape(bits.shape) * jnp.uint32(2654435761) + jnp.uint32(1)
+    return jnp.sum(bits * weights, dtype=jnp.uint32)
+
+
+def _checksums(tree: dict) -> dict[str, int]:
+    leaves = jax.tree_util.tree_flatten_with_path(tree)[0]
+    return {jax.tree_util.keystr(path): int(_checksum(leaf)) for path, leaf in leaves}
+
+
+def check_destination(destination: str | Path, *, overwrite: bool, source: str | Path | None = None) -> Path:
+    """Refuse, before any work, a cache destination that must not be written: an existing one without
+    ``overwrite``, anything that is not a cache this project wrote, or the source checkpoint itself."""
     destination = Path(destination).absolute()
-    if destination.exists() and not overwrite:
-        raise FileExistsError(f"{destination} already exists; choose a new directory or pass overwrite=True (--force)")
+    if source is not None and Path(source).exists():
+        origin = Path(source).absolute()
+        if origin == destination or destination in origin.parents or origin in destination.parents:
+            raise FileExistsError(f"{destination} is or holds the source checkpoint {origin}; fix: choose another directory for the cache")
+    if destination.exists():
+        if not overwrite:
+            raise FileExistsError(f"{destination} already exists; fix: choose a new directory, or pass --force to replace a cache")
+        if not is_cache(destination):
+            raise FileExistsError(f"{destination} is not a cache written by circuits convert (no {MARKER}); --force only replaces "
+                                  "those. Fix: choose a new directory")
+    return destination
+
+
+def save_cache(model: Transformer, destination: str | Path, *, overwrite: bool = False, source: str | Path | None = None) -> Path:
+    """Write ``model`` to ``destination`` (a new directory, or with ``overwrite`` an existing cache).
+
+    The cache is written to a hidden sibling and swapped in: an old cache is renamed aside, the new one
+    renamed into place, then the old one deleted, so an interrupt never leaves a half cache under the
+    destination's name. Each array's checksum is recorded and checked on loading.
+    """
+    destination = check_destination(destination, overwrite=overwrite, source=source)
+    remove_stale_partials(destination)
     staging = destination.with_name(f".{destination.name}.partial-{os.getpid()}")
+    retired = destination.with_name(f".{destination.name}.old-{os.getpid()}")
     shutil.rmtree(staging, ignore_errors=True)
     staging.mkdir(parents=True)
     try:
         _, state = nnx.split(model)
+        params = nnx.to_pure_dict(state)
         with ocp.StandardCheckpointer() as checkpointer:
-            checkpointer.save(staging / "params", nnx.to_pure_dict(state))
+            checkpointer.save(staging / "params", params)
             checkpointer.wait_until_finished()
-        meta = {"format_version": FORMAT_VERSION, "dtype": str(model.dtype), "config": model.config.to_dict()}
+        meta = {"format_version": FORMAT_VERSION, "dtype": str(model.dtype), "config": model.config.to_dict(),
+                "checksums": _checksums(params)}
         (staging / MARKER).write_text(json.dumps(meta, indent=2))
         if destination.exists():
-            shutil.rmtree(destination)
-        staging.rename(destination)
-    except BaseException:
+            os.replace(destination, retired)
+        os.replace(staging, destination)
+    finally:
         shutil.rmtree(staging, ignore_errors=True)
-        raise
+        shutil.rmtree(retired, ignore_errors=True)
     return destination
 
 
@@ -76,8 +116,15 @@ def load_cache(path: str | Path, *, dtype=None, mesh: Mesh | None = None) -> Tra
     try:
         with ocp.StandardCheckpointer() as checkpointer:
             restored = checkpointer.restore(path / "params", targets)
-    except (FileNotFoundError, ValueError) as err:
-        raise CheckpointError(path, [f"orbax checkpoint is incomplete or corrupt: {err}"], "convert the source again") from err
+    except Exception as err:  # Orbax and TensorStore raise many types for damaged files
+        message = str(err).splitlines()[0][:200] if str(err) else type(err).__name__
+        raise CheckpointError(path, [f"orbax checkpoint is incomplete or corrupt: {message}"], "convert the source again") from err
+    expected = meta.get("checksums")
+    if expected is not None:
+        damaged = sorted(name for name, value in _checksums(restored).items() if expected.get(name) != value)
+        if damaged:
+            raise CheckpointError(path, [f"checksum mismatch in {', '.join(damaged[:5])}" + (f" and {len(damaged) - 5} more" if len(damaged) > 5 else "")],
+                                  "convert the source again")
     if dtype != stored_dtype:
         restored = jax.tree.map(lambda x: x.astype(dtype), restored)
     nnx.replace_by_pure_dict(abstract_state, restored)

@@ -1,0 +1,110 @@
+"""`circuits convert` never destroys what it did not write, swaps caches atomically, cleans up after killed
+runs, loads from relative paths, and refuses damaged data (issue: hostile and broken inputs)."""
+
+import json
+import os
+import subprocess
+import sys
+
+import numpy as np
+import pytest
+
+import circuits
+from circuits.cli import main
+from circuits.convert import CheckpointError
+from circuits.convert.orbax_cache import save_cache
+
+
+@pytest.fixture
+def demo_cache(tmp_path):
+    return save_cache(circuits.load("demo-induction"), tmp_path / "cache")
+
+
+def test_force_never_deletes_user_files_or_the_source(make_llama, tmp_path, capsys):
+    directory, _ = make_llama("src")
+    files = tmp_path / "documents"
+    files.mkdir()
+    (files / "thesis.tex").write_text("years of work")
+    assert main(["convert", str(directory), str(files), "--force"]) == 2
+    assert "not a cache written by circuits convert" in capsys.readouterr().err
+    assert (files / "thesis.tex").read_text() == "years of work"
+    assert main(["convert", str(directory), str(directory), "--force"]) == 2
+    assert "source checkpoint" in capsys.readouterr().err
+    assert main(["convert", str(directory), str(tmp_path), "--force"]) == 2  # a directory that holds the source
+    assert (directory / "config.json").exists()
+
+
+def test_force_replaces_a_cache_by_an_atomic_swap(demo_cache, monkeypatch):
+    before = json.loads((demo_cache / "circuits_cache.json").read_text())
+    import circuits.convert.orbax_cache as orbax_cache
+
+    real_replace = os.replace
+    calls = []
+
+    def crash_on_second_rename(source, destination):
+        calls.append((str(source), str(destination)))
+        if len(calls) == 2:
+            raise KeyboardInterrupt  # killed between renaming the old cache aside and the new one in
+        return real_replace(source, destination)
+
+    monkeypatch.setattr(orbax_cache.os, "replace", crash_on_second_rename)
+    with pytest.raises(KeyboardInterrupt):
+        save_cache(circuits.load("demo-induction", dtype="bfloat16"), demo_cache, overwrite=True)
+    monkeypatch.undo()
+    assert ".cache.old-" in calls[0][1]  # the old cache was moved aside whole, never deleted in place
+    assert not list(demo_cache.parent.glob(".cache.partial-*"))  # the unfinished new one is removed
+    save_cache(circuits.load("demo-induction", dtype="bfloat16"), demo_cache, overwrite=True)
+    assert json.loads((demo_cache / "circuits_cache.json").read_text())["dtype"] == "bfloat16" != before["dtype"]
+    assert circuits.load(demo_cache).dtype == "bfloat16"
+
+
+def test_stale_partials_of_dead_processes_are_cleaned_up(tmp_path):
+    dead = subprocess.run([sys.executable, "-c", "import os; print(os.getpid())"], capture_output=True, text=True).stdout.strip()
+    (tmp_path / f".cache.partial-{dead}").mkdir()
+    (tmp_path / f".cache.old-{dead}").mkdir()
+    (tmp_path / f".out.json.partial-{dead}-x1y2").write_text("half")
+    (tmp_path / f".cache.partial-{os.getppid()}").mkdir()  # a live process's: left alone
+    save_cache(circuits.load("demo-induction"), tmp_path / "cache")
+    from circuits.utils import atomic_write_text
+
+    atomic_write_text(tmp_path / "out.json", "{}")
+    assert sorted(p.name for p in tmp_path.iterdir() if p.name.startswith(".")) == [f".cache.partial-{os.getppid()}"]
+
+
+def test_a_cache_given_by_a_relative_path_loads(demo_cache, monkeypatch, capsys):
+    monkeypatch.chdir(demo_cache.parent)
+    assert main(["info", "cache"]) == 0
+    assert "Orbax cache" in capsys.readouterr().out
+
+
+def test_damaged_cache_data_is_refused(demo_cache):
+    marker = demo_cache / "circuits_cache.json"
+    meta = json.loads(marker.read_text())
+    name = sorted(meta["checksums"])[0]
+    meta["checksums"][name] ^= 1  # the data no longer matches what was written
+    marker.write_text(json.dumps(meta))
+    with pytest.raises(CheckpointError, match="checksum mismatch in " + name.replace("[", r"\[").replace("]", r"\]")):
+        circuits.load(demo_cache)
+    meta["checksums"][name] ^= 1
+    marker.write_text(json.dumps(meta))
+    circuits.load(demo_cache)
+    data = sorted((p for p in (demo_cache / "params").rglob("*") if p.is_file() and p.stat().st_size > 1000), key=lambda p: -p.stat().st_size)
+    assert data, "no array data files found"
+    blob = bytearray(data[0].read_bytes())
+    blob[len(blob) // 2] ^= 0x40  # one flipped bit in the middle of the largest data file
+    data[0].write_bytes(bytes(blob))
+    with pytest.raises(CheckpointError, match="convert the source again"):
+        circuits.load(demo_cache)
+    for path in data:
+        path.write_bytes(path.read_bytes()[: path.stat().st_size // 3])  # truncated files
+    with pytest.raises(CheckpointError, match="convert the source again"):
+        circuits.load(demo_cache)
+
+
+def test_checksums_ignore_sharding(make_llama, tmp_path):
+    from circuits.models import make_mesh
+
+    directory, _ = make_llama("src", num_attention_heads=8, num_key_value_heads=4)
+    cache = save_cache(circuits.load(directory, show_progress=False), tmp_path / "cache")
+    sharded = circuits.load(cache, mesh=make_mesh(data=2, model=4))  # checksums verified on the sharded arrays
+    np.testing.assert_array_equal(np.asarray(sharded.tensor("wq", 0)), np.asarray(circuits.load(cache).tensor("wq", 0)))
