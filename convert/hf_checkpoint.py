@@ -65,12 +65,30 @@ def read_hf_config(directory: Path) -> tuple[ModelConfig, tuple[TensorRule, ...]
     return config, rules, problems
 
 
+def read_index(index_path: Path) -> tuple[dict[str, str], list[str]]:
+    """({tensor name: shard file name}, problems) from a ``model.safetensors.index.json``; shard names must
+    be plain file names inside the checkpoint directory."""
+    try:
+        index = json.loads(index_path.read_text())
+    except (UnicodeDecodeError, json.JSONDecodeError, RecursionError) as err:
+        return {}, [f"{INDEX_NAME} is not valid JSON ({str(err)[:100]})"]
+    weight_map = index.get("weight_map") if isinstance(index, dict) else None
+    if not isinstance(weight_map, dict) or not all(isinstance(k, str) and isinstance(v, str) for k, v in weight_map.items()):
+        return {}, [f"{INDEX_NAME} has no weight_map object of tensor name -> shard file name"]
+    outside = sorted({v for v in weight_map.values() if Path(v).name != v or v in ("", ".", "..")})
+    if outside:
+        return {}, [f"{INDEX_NAME} names shards outside the checkpoint directory: {', '.join(outside[:5])}"]
+    return weight_map, []
+
+
 def open_safetensors(directory: Path) -> tuple[dict[str, SafetensorsFile], list[str]]:
     """({tensor name: file holding it}, problems) for a sharded (index) or single-file checkpoint."""
     problems: list[str] = []
     index_path = directory / INDEX_NAME
     if index_path.is_file():
-        weight_map = json.loads(index_path.read_text()).get("weight_map", {})
+        weight_map, index_problems = read_index(index_path)
+        if index_problems:
+            return {}, index_problems
         file_names = sorted(set(weight_map.values()))
     else:
         weight_map = None
@@ -81,6 +99,9 @@ def open_safetensors(directory: Path) -> tuple[dict[str, SafetensorsFile], list[
     for name in file_names:
         if not (directory / name).is_file():
             problems.append(f"shard {name} named in {INDEX_NAME} is missing")
+            continue
+        if (directory / name).resolve().parent != directory.resolve():
+            problems.append(f"shard {name} named in {INDEX_NAME} lies outside the checkpoint directory (a symlink out of it)")
             continue
         files[name] = SafetensorsFile(directory / name)
         problems.extend(files[name].problems)

@@ -22,13 +22,34 @@ DTYPES: dict[str, np.dtype] = {
     "F32": np.dtype(np.float32),
     "F16": np.dtype(np.float16),
     "BF16": np.dtype(ml_dtypes.bfloat16),
-    "I64": np.dtype(np.int64),
-    "I32": np.dtype(np.int32),
-    "I16": np.dtype(np.int16),
-    "I8": np.dtype(np.int8),
-    "U8": np.dtype(np.uint8),
-    "BOOL": np.dtype(np.bool_),
 }
+"""The floating-point dtypes weights may have (integer, boolean and 8-bit float tensors are refused)."""
+
+MAX_HEADER_BYTES = 100_000_000  # the reference implementation's limit
+
+
+def _is_count(value) -> bool:
+    return isinstance(value, int) and not isinstance(value, bool) and value >= 0
+
+
+def _entry_problems(name: str, entry) -> list[str]:
+    """What is wrong with one header entry's types (nothing when it has a dtype string, a shape of counts and
+    two byte offsets)."""
+    if not isinstance(entry, dict):
+        return [f"tensor {name}: header entry is {type(entry).__name__}, not an object"]
+    problems = []
+    if set(entry) != {"dtype", "shape", "data_offsets"}:
+        problems.append(f"tensor {name}: header entry has fields {sorted(entry)}, not dtype, shape and data_offsets")
+    dtype, shape, offsets = entry.get("dtype"), entry.get("shape"), entry.get("data_offsets")
+    if not isinstance(dtype, str):
+        problems.append(f"tensor {name}: dtype {dtype!r} is not a string")
+    elif dtype not in DTYPES:
+        problems.append(f"tensor {name}: dtype {dtype} is not a floating-point weight type ({', '.join(DTYPES)})")
+    if not isinstance(shape, list) or not all(_is_count(n) for n in shape):
+        problems.append(f"tensor {name}: shape {shape!r} is not a list of non-negative integers")
+    if not isinstance(offsets, list) or len(offsets) != 2 or not all(_is_count(n) for n in offsets) or offsets[0] > offsets[1]:
+        problems.append(f"tensor {name}: data_offsets {offsets!r} is not [begin, end] with 0 <= begin <= end")
+    return problems
 
 
 class SafetensorsFile:
@@ -42,6 +63,8 @@ class SafetensorsFile:
         self._read_header()
 
     def _read_header(self) -> None:
+        """Validate the whole file as strictly as the reference implementation: a JSON object of typed entries
+        whose byte ranges tile the data section exactly (no gap, overlap, reordering or trailing byte)."""
         size = self.path.stat().st_size
         with open(self.path, "rb") as handle:
             prefix = handle.read(8)
@@ -49,38 +72,53 @@ class SafetensorsFile:
                 self.problems.append(f"{self.path.name}: {size} bytes, too short for a safetensors header (truncated)")
                 return
             header_len = int.from_bytes(prefix, "little")
-            if 8 + header_len > size:
+            if header_len > MAX_HEADER_BYTES or 8 + header_len > size:
                 self.problems.append(
                     f"{self.path.name}: header claims {header_len} bytes but the file has {size} (truncated or not safetensors)"
                 )
                 return
             try:
                 header = json.loads(handle.read(header_len))
-            except (UnicodeDecodeError, json.JSONDecodeError) as err:
-                self.problems.append(f"{self.path.name}: header is not valid JSON ({err}); the file is corrupt")
+            except (UnicodeDecodeError, json.JSONDecodeError, RecursionError) as err:
+                self.problems.append(f"{self.path.name}: header is not valid JSON ({str(err)[:100]}); the file is corrupt")
                 return
-        header.pop("__metadata__", None)
-        data_start = 8 + header_len
-        data_end = data_start
-        for name, entry in header.items():
-            dtype = DTYPES.get(entry.get("dtype"))
-            if dtype is None:
-                self.problems.append(f"{self.path.name}: tensor {name} has unsupported dtype {entry.get('dtype')}")
-                continue
-            shape = tuple(int(n) for n in entry["shape"])
-            begin, end = (int(n) for n in entry["data_offsets"])
+        if not isinstance(header, dict):
+            self.problems.append(f"{self.path.name}: header is a JSON {type(header).__name__}, not an object; the file is corrupt")
+            return
+        metadata = header.pop("__metadata__", {})
+        if not isinstance(metadata, dict) or not all(isinstance(v, str) for v in metadata.values()):
+            self.problems.append(f"{self.path.name}: __metadata__ is not a map of strings; the file is corrupt")
+        problems = [problem for name, entry in header.items() for problem in _entry_problems(name, entry)]
+        if problems:
+            self.problems += [f"{self.path.name}: {problem}" for problem in problems[:10]]
+            if len(problems) > 10:
+                self.problems.append(f"{self.path.name}: and {len(problems) - 10} more problems")
+            return
+        data_start, data_size = 8 + header_len, size - 8 - header_len
+        position = 0
+        for name, entry in sorted(header.items(), key=lambda item: tuple(item[1]["data_offsets"])):
+            dtype, shape = DTYPES[entry["dtype"]], tuple(entry["shape"])
+            begin, end = entry["data_offsets"]
+            if begin != position:
+                self.problems.append(f"{self.path.name}: tensor {name} starts at byte {begin}, not {position} where the previous "
+                                     "one ends (overlapping or missing data); the file is corrupt")
+                break
             if end - begin != math.prod(shape) * dtype.itemsize:
                 self.problems.append(
                     f"{self.path.name}: tensor {name} spans {end - begin} bytes but its shape {shape} needs "
                     f"{math.prod(shape) * dtype.itemsize}; the file is corrupt"
                 )
-                continue
+                break
             self.entries[name] = (dtype, shape, data_start + begin, data_start + end)
-            data_end = max(data_end, data_start + end)
-        if data_end > size:
-            self.problems.append(
-                f"{self.path.name}: tensors need {data_end} bytes but the file has {size}: truncated (download it again)"
-            )
+            position = end
+        else:
+            if position < data_size:
+                self.problems.append(f"{self.path.name}: {data_size - position} bytes after the last tensor; the file is corrupt")
+            elif position > data_size:
+                self.problems.append(
+                    f"{self.path.name}: tensors need {data_start + position} bytes but the file has {size}: truncated (download it again)"
+                )
+        if self.problems:
             self.entries.clear()
 
     def shape(self, name: str) -> tuple[int, ...]:

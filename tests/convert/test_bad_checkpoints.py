@@ -103,3 +103,69 @@ def test_missing_path_and_unknown_format(tmp_path):
     odd.write_bytes(b"0")
     with pytest.raises(CheckpointError, match="unknown checkpoint format"):
         circuits.load(odd)
+
+
+def rewrite_header(path, edit) -> None:
+    """Re-encode ``path``'s safetensors header after ``edit(header)``, keeping its data bytes."""
+    data = path.read_bytes()
+    length = int.from_bytes(data[:8], "little")
+    header = json.loads(data[8 : 8 + length])
+    text = edit(header)
+    encoded = (text if isinstance(text, str) else json.dumps(header)).encode()
+    path.write_bytes(len(encoded).to_bytes(8, "little") + encoded + data[8 + length :])
+
+
+def first_two(header):
+    names = sorted((n for n in header if n != "__metadata__"), key=lambda n: header[n]["data_offsets"][0])
+    return header[names[0]], header[names[1]]
+
+
+@pytest.mark.parametrize("case, edit, message", [
+    ("negative offset", lambda h: first_two(h)[0].update(data_offsets=[-4, first_two(h)[0]["data_offsets"][1]]), "data_offsets"),
+    ("overlap", lambda h: first_two(h)[1].update(data_offsets=[first_two(h)[1]["data_offsets"][0] - 4, first_two(h)[1]["data_offsets"][1] - 4]),
+     "overlapping or missing"),
+    ("integer dtype", lambda h: first_two(h)[0].update(dtype="I32"), "not a floating-point weight type"),
+    ("fractional shape", lambda h: first_two(h)[0].update(shape=[64.7]), "not a list of non-negative integers"),
+    ("shape 1e400", lambda h: json.dumps(h).replace('"shape": [', '"shape": [1e400, ', 1), "not a list of non-negative integers"),
+    ("shape 10**400", lambda h: first_two(h)[0].update(shape=[10**400]), "the file is corrupt"),
+    ("dtype as a list", lambda h: first_two(h)[0].update(dtype=["F32"]), "is not a string"),
+    ("missing shape", lambda h: first_two(h)[0].pop("shape"), "not dtype, shape and data_offsets"),
+    ("list header", lambda h: "[1, 2, 3]", "not an object"),
+    ("null header", lambda h: "null", "not an object"),
+    ("deep nesting", lambda h: "[" * 100000 + "]" * 100000, "not valid JSON"),
+])
+def test_safetensors_headers_are_validated_like_the_reference(tmp_path, case, edit, message):
+    directory = broken(tmp_path)
+    rewrite_header(directory / "model.safetensors", edit)
+    assert message in str(load_error(directory)), case
+
+
+
+def test_trailing_bytes_are_refused(tmp_path):
+    path = broken(tmp_path) / "model.safetensors"
+    path.write_bytes(path.read_bytes() + b"\0" * 16)
+    assert "16 bytes after the last tensor" in str(load_error(tmp_path))
+
+
+@pytest.mark.parametrize("shard", ["../outside.safetensors", "/etc/passwd", "sub/../../x.safetensors"])
+def test_index_cannot_name_files_outside_the_checkpoint(tmp_path, shard):
+    directory = broken(tmp_path / "model")
+    (directory / "model.safetensors.index.json").write_text(json.dumps({"weight_map": {"model.norm.weight": shard}}))
+    error = str(load_error(directory))
+    assert "outside the checkpoint directory" in error and "bytes" not in error
+
+
+def test_symlinked_shard_leading_out_is_refused(tmp_path):
+    directory = broken(tmp_path / "model")
+    (tmp_path / "elsewhere.safetensors").write_bytes((directory / "model.safetensors").read_bytes())
+    (directory / "model.safetensors").unlink()
+    (directory / "model.safetensors").symlink_to(tmp_path / "elsewhere.safetensors")
+    (directory / "model.safetensors.index.json").write_text(json.dumps({"weight_map": {"model.norm.weight": "model.safetensors"}}))
+    assert "outside the checkpoint directory" in str(load_error(directory))
+
+
+@pytest.mark.parametrize("index", ["[1, 2]", '{"weight_map": ["a"]}', '{"weight_map": {"x": 3}}', "{not json"])
+def test_index_of_the_wrong_type_is_named(tmp_path, index):
+    directory = broken(tmp_path)
+    (directory / "model.safetensors.index.json").write_text(index)
+    assert "model.safetensors.index.json" in str(load_error(directory))

@@ -88,13 +88,29 @@ def test_damaged_cache_data_is_refused(demo_cache):
     meta["checksums"][name] ^= 1
     marker.write_text(json.dumps(meta))
     circuits.load(demo_cache)
-    data = sorted((p for p in (demo_cache / "params").rglob("*") if p.is_file() and p.stat().st_size > 1000), key=lambda p: -p.stat().st_size)
+    original = circuits.load(demo_cache)
+    data = [p for p in (demo_cache / "params").rglob("*") if p.is_file() and p.stat().st_size > 1000]
     assert data, "no array data files found"
-    blob = bytearray(data[0].read_bytes())
-    blob[len(blob) // 2] ^= 0x40  # one flipped bit in the middle of the largest data file
-    data[0].write_bytes(bytes(blob))
-    with pytest.raises(CheckpointError, match="convert the source again"):
-        circuits.load(demo_cache)
+    refused = 0
+    for path in data:  # one flipped bit at a time, at several places: never silently different weights
+        clean = path.read_bytes()
+        for fraction in (0.25, 0.5, 0.75):
+            blob = bytearray(clean)
+            blob[int(len(blob) * fraction)] ^= 0x40
+            path.write_bytes(bytes(blob))
+            try:
+                loaded = circuits.load(demo_cache)
+            except CheckpointError as err:
+                assert "convert the source again" in str(err)
+                refused += 1
+                continue
+            for name in ("embed", "final_norm", "unembed"):
+                np.testing.assert_array_equal(np.asarray(loaded.tensor(name)), np.asarray(original.tensor(name)))
+            for name in ("wq", "wk", "wv", "wo", "attn_norm"):
+                for layer in range(loaded.config.n_layers):
+                    np.testing.assert_array_equal(np.asarray(loaded.tensor(name, layer)), np.asarray(original.tensor(name, layer)))
+        path.write_bytes(clean)
+    assert refused > 0
     for path in data:
         path.write_bytes(path.read_bytes()[: path.stat().st_size // 3])  # truncated files
     with pytest.raises(CheckpointError, match="convert the source again"):
