@@ -1,16 +1,22 @@
-"""The one error type every reader raises: it lists every problem found, then the fix."""
+"""The one error type every reader raises: one line naming the file, every problem found (up to a cap), and the fix."""
 
 from __future__ import annotations
 
 from pathlib import Path
 
+SHOWN_PROBLEMS = 10
+
 
 class CheckpointError(ValueError):
-    """A checkpoint that cannot be loaded; ``problems`` lists every reason found, not just the first."""
+    """A checkpoint that cannot be loaded; ``problems`` lists every reason found, not just the first.
+
+    The message is one line: ``cannot load SOURCE: problem; problem; ... (and N more); fix: FIX``.
+    """
 
     def __init__(self, source: str | Path, problems: list[str], fix: str):
         self.source = str(source)
         self.problems = list(problems)
         self.fix = fix
-        listing = "\n".join(f"  - {problem}" for problem in self.problems)
-        super().__init__(f"cannot load {self.source}:\n{listing}\nfix: {fix}")
+        shown = "; ".join(" ".join(str(problem).split()) for problem in self.problems[:SHOWN_PROBLEMS])
+        more = len(self.problems) - SHOWN_PROBLEMS
+        super().__init__(f"cannot load {self.source}: {shown}{f' (and {more} more)' if more > 0 else ''}; fix: {fix}")

@@ -16,6 +16,7 @@ from typing import Any
 import numpy as np
 
 from circuits.convert.errors import CheckpointError
+from circuits.convert.gguf_structure import GGUFStructureError, check_gguf_structure
 from circuits.convert.layout import kv_rows, linear_transpose, output_columns, query_rows, rule
 from circuits.convert.table_checkpoint import TableCheckpoint
 from circuits.models.config import ConfigError, ModelConfig, RopeScaling
@@ -62,9 +63,16 @@ def open_gguf(path: Path):
     import gguf
 
     try:
+        check_gguf_structure(path, {int(kind): sizes for kind, sizes in gguf.GGML_QUANT_SIZES.items()})
+    except GGUFStructureError as err:
+        raise CheckpointError(path, [f"not a readable GGUF file: {err}"], FIX) from err
+    except OSError as err:
+        raise CheckpointError(path, [f"cannot read the file ({err.strerror or err})"], "check the path and its permissions") from err
+    try:
         return gguf.GGUFReader(path, "r")
-    except (ValueError, OSError, KeyError, IndexError, EOFError) as err:
-        raise CheckpointError(path, [f"not a readable GGUF file ({type(err).__name__}: {err})"], FIX) from err
+    except Exception as err:  # the gguf package raises many types for damage the walk above does not see
+        message = " ".join(str(err).split())[:200]
+        raise CheckpointError(path, [f"not a readable GGUF file ({type(err).__name__}: {message})"], FIX) from err
 
 
 def scalar_metadata(reader) -> dict[str, Any]:
@@ -89,33 +97,46 @@ def gguf_config(
         raise ConfigError(f"metadata keys missing: {', '.join(missing)}")
     problems = []
     key = lambda name, default=None: meta.get(f"{arch}.{name}", default)  # noqa: E731
-    d_model, n_heads = int(key("embedding_length")), int(key("attention.head_count"))
-    head_dim = int(key("attention.key_length", d_model // n_heads))
+
+    def count(name: str, default=None) -> int:
+        value = key(name, default)
+        if isinstance(value, bool) or not isinstance(value, (int, np.integer)) or value <= 0:
+            raise ConfigError(f"metadata {arch}.{name} = {value!r} is not a positive whole number")
+        return int(value)
+
+    def number(name: str, default=None) -> float:
+        value = key(name, default)
+        if isinstance(value, bool) or not isinstance(value, (int, float, np.number)) or not np.isfinite(value) or value <= 0:
+            raise ConfigError(f"metadata {arch}.{name} = {value!r} is not a positive number")
+        return float(value)
+
+    d_model, n_heads = count("embedding_length"), count("attention.head_count")
+    head_dim = count("attention.key_length", d_model // n_heads)
     if int(key("rope.dimension_count", head_dim)) != head_dim:
         problems.append(f"partial rotary embeddings ({key('rope.dimension_count')} of {head_dim} dims) are not supported")
     scaling_kind = key("rope.scaling.type", "none")
     if scaling_kind not in ("none", "linear"):
         problems.append(f"RoPE scaling {scaling_kind!r} is not supported in GGUF files (only none and linear)")
-    scaling = RopeScaling("linear", float(key("rope.scaling.factor", 1.0))) if scaling_kind == "linear" else RopeScaling()
+    scaling = RopeScaling("linear", number("rope.scaling.factor", 1.0)) if scaling_kind == "linear" else RopeScaling()
     vocab = key("vocab_size") or tensor_shapes.get("token_embd.weight", (0,))[0]
     if rope_freqs is not None and rope_freqs.shape != (head_dim // 2,):
         problems.append(f"tensor {ROPE_FREQS} has shape {list(rope_freqs.shape)}, expected [{head_dim // 2}]")
         rope_freqs = None
     config = ModelConfig(
-        vocab_size=int(vocab),
+        vocab_size=int(vocab) if isinstance(vocab, (int, np.integer)) and not isinstance(vocab, bool) else vocab,
         d_model=d_model,
-        n_layers=int(key("block_count")),
+        n_layers=count("block_count"),
         n_heads=n_heads,
-        n_kv_heads=int(key("attention.head_count_kv", n_heads)),
+        n_kv_heads=count("attention.head_count_kv", n_heads),
         head_dim=head_dim,
-        d_mlp=int(key("feed_forward_length")),
-        rms_norm_eps=float(key("attention.layer_norm_rms_epsilon")),
-        rope_theta=float(key("rope.freq_base", 10000.0)),
+        d_mlp=count("feed_forward_length"),
+        rms_norm_eps=number("attention.layer_norm_rms_epsilon"),
+        rope_theta=number("rope.freq_base", 10000.0),
         rope_scaling=scaling,
-        max_position_embeddings=int(key("context_length", 2048)),
+        max_position_embeddings=count("context_length", 2048),
         tie_embeddings="output.weight" not in tensor_shapes,
         architecture=arch,
-        bos_token_id=meta.get("tokenizer.ggml.bos_token_id"),
+        bos_token_id=meta.get("tokenizer.ggml.bos_token_id") if isinstance(meta.get("tokenizer.ggml.bos_token_id"), int) else None,
         rope_freq_factors=None if rope_freqs is None else tuple(float(x) for x in rope_freqs),
     )
     return config, problems

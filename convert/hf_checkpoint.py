@@ -46,9 +46,13 @@ def read_hf_config(directory: Path) -> tuple[ModelConfig, tuple[TensorRule, ...]
         raise CheckpointError(directory, ["no config.json next to the weights"], "put the model's config.json in the directory")
     try:
         hf = json.loads(config_path.read_text())
-    except json.JSONDecodeError as err:
-        raise CheckpointError(config_path, [f"config.json is not valid JSON ({err})"], "restore the original config.json") from err
+    except (UnicodeDecodeError, json.JSONDecodeError, RecursionError) as err:
+        raise CheckpointError(config_path, [f"config.json is not valid JSON ({str(err)[:100]})"], "restore the original config.json") from err
+    if not isinstance(hf, dict):
+        raise CheckpointError(config_path, [f"config.json holds a JSON {type(hf).__name__}, not an object"], "restore the original config.json")
     names = hf.get("architectures") or []
+    if not isinstance(names, list) or not all(isinstance(name, str) for name in names):
+        raise CheckpointError(config_path, [f"architectures is {names!r}, not a list of names"], "restore the original config.json")
     known = [name for name in names if name in ARCHITECTURES]
     if not known:
         raise CheckpointError(
@@ -60,8 +64,10 @@ def read_hf_config(directory: Path) -> tuple[ModelConfig, tuple[TensorRule, ...]
     parser, rules = ARCHITECTURES[known[0]]
     try:
         config, problems = parser(hf)
-    except (KeyError, ConfigError) as err:
-        raise CheckpointError(config_path, [f"config.json is incomplete or invalid: {err}"], "restore the original config.json") from err
+    except KeyError as err:
+        raise CheckpointError(config_path, [f"config.json has no {err}"], "restore the original config.json") from err
+    except (ConfigError, TypeError, ValueError, AttributeError, OverflowError) as err:
+        raise CheckpointError(config_path, [f"config.json is invalid: {err}"], "restore the original config.json") from err
     return config, rules, problems
 
 

@@ -25,15 +25,17 @@ def activation_problems(hf: dict[str, Any]) -> list[str]:
 
 def llama_like_config(hf: dict[str, Any], architecture: str, head_dim: int | None) -> ModelConfig:
     """ModelConfig from the config.json keys that Llama-layout families share (head_dim: hidden / heads if None)."""
-    n_heads = hf["num_attention_heads"]
+    n_heads, hidden = hf["num_attention_heads"], hf["hidden_size"]
+    if head_dim is None:  # hidden / heads, once both are known to be positive whole numbers (else ModelConfig says why)
+        head_dim = hidden // n_heads if all(isinstance(v, int) and not isinstance(v, bool) and v > 0 for v in (hidden, n_heads)) else 0
     theta, scaling = rope_from_hf(hf)
     return ModelConfig(
         vocab_size=hf["vocab_size"],
-        d_model=hf["hidden_size"],
+        d_model=hidden,
         n_layers=hf["num_hidden_layers"],
         n_heads=n_heads,
         n_kv_heads=hf.get("num_key_value_heads") or n_heads,
-        head_dim=head_dim or hf["hidden_size"] // n_heads,
+        head_dim=head_dim,
         d_mlp=hf["intermediate_size"],
         rms_norm_eps=hf.get("rms_norm_eps", 1e-6),
         rope_theta=theta,

@@ -19,6 +19,19 @@ from circuits.models.config import ModelConfig
 from circuits.models.layout import canonical_shape, expected_params
 
 
+def _check_layer_count(source, config: ModelConfig, rules, stored_shapes: dict, problems: list[str], fix: str, config_name: str) -> None:
+    """Refuse at once a config that claims more layers than the files can hold, before any per-layer name is
+    listed (a config claiming 10^8 layers must cost nothing)."""
+    per_layer = [r for r in rules if r.per_layer]
+    if not per_layer or config.n_layers <= len(stored_shapes):
+        return
+    found = 0
+    while found < len(stored_shapes) and per_layer[0].stored_name.format(i=found) in stored_shapes:
+        found += 1
+    raise CheckpointError(source, problems + [f"the {config_name} claims {config.n_layers} layers, but the files hold "
+                                              f"{len(stored_shapes)} tensors (layers 0 to {found - 1} found)"], fix)
+
+
 class TableCheckpoint:
     """Canonical tensors of a checkpoint whose stored tensors a name table describes.
 
@@ -43,6 +56,7 @@ class TableCheckpoint:
         ``optional``: stored names (or suffixes) that may be present and are not read by the table;
         ``config_name``: where the config came from, for messages (``config.json``, ``GGUF metadata``)."""
         self.description = str(source)
+        self._source, self._fix = source, fix
         self.config = config
         self._config_name = config_name
         self._read = read
@@ -50,6 +64,8 @@ class TableCheckpoint:
         global_names, layer_names = expected_params(config)
         wanted = set(global_names) | set(layer_names)
         self._producer: dict[str, TensorRule] = {}
+        if stored_shapes is not None:
+            _check_layer_count(source, config, rules, stored_shapes, problems, fix, config_name)
         expected: dict[str, TensorRule] = {}
         unused: set[str] = set()
         for tensor_rule in rules:
@@ -79,12 +95,23 @@ class TableCheckpoint:
                     problems.append(f"tensor {name} has shape {list(stored_shapes[name])}, expected {list(want)} from the {self._config_name}")
         return problems
 
+    def _checked(self, stored: str) -> np.ndarray:
+        """Stored tensor ``stored``, refused if it holds NaN or infinite values (each tensor is checked as it is
+        read, so a streaming pass pays one extra scan of memory it reads anyway)."""
+        array = self._read(stored)
+        finite = np.isfinite(array)
+        if not finite.all():
+            bad = int(finite.size - np.count_nonzero(finite))
+            raise CheckpointError(self._source, [f"tensor {stored} holds {bad} NaN or infinite values"],
+                                  "re-download or re-export the checkpoint; these weights cannot give meaningful scores")
+        return array
+
     def tensor(self, name: str, layer: int | None = None) -> np.ndarray:
         """Canonical tensor ``name`` (of ``layer`` for per-layer parameters)."""
         tensor_rule = self._producer[name]
         stored = tensor_rule.stored_name.format(i=layer)
         if self._last is None or self._last[0] != stored:  # a fused tensor is read once for its outputs
-            self._last = (stored, tensor_rule.split(self._read(stored), self.config))
+            self._last = (stored, tensor_rule.split(self._checked(stored), self.config))
         array = self._last[1][name]
         expected = canonical_shape(name, self.config)
         if tuple(array.shape) != expected:

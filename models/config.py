@@ -7,6 +7,7 @@ N = K * G query heads, D = head dim, M = d_model, F = MLP width, V = vocab.
 from __future__ import annotations
 
 import dataclasses
+import math
 from typing import Any
 
 ROPE_KINDS = ("default", "linear", "dynamic", "llama3")
@@ -14,6 +15,14 @@ ROPE_KINDS = ("default", "linear", "dynamic", "llama3")
 
 class ConfigError(ValueError):
     """A configuration that this project cannot turn into a model."""
+
+
+def _is_count(value) -> bool:
+    return isinstance(value, int) and not isinstance(value, bool)
+
+
+def _is_positive_number(value) -> bool:
+    return isinstance(value, (int, float)) and not isinstance(value, bool) and math.isfinite(value) and value > 0
 
 
 @dataclasses.dataclass(frozen=True)
@@ -37,6 +46,12 @@ class RopeScaling:
                 f"RoPE scaling type {self.kind!r} is not supported; supported types: "
                 f"{', '.join(ROPE_KINDS)}. Convert the checkpoint with one of these or open an issue."
             )
+        bad = [f"{name} {getattr(self, name)!r}" for name in ("factor", "low_freq_factor", "high_freq_factor")
+               if not _is_positive_number(getattr(self, name))]
+        if not (_is_count(self.original_max_position_embeddings) and self.original_max_position_embeddings > 0):
+            bad.append(f"original_max_position_embeddings {self.original_max_position_embeddings!r}")
+        if bad:
+            raise ConfigError(f"invalid RoPE scaling: {', '.join(bad)} must be positive")
 
 
 @dataclasses.dataclass(frozen=True)
@@ -66,10 +81,20 @@ class ModelConfig:
 
     def __post_init__(self):
         problems = []
-        for name in ("vocab_size", "d_model", "n_layers", "n_heads", "n_kv_heads", "head_dim"):
-            if getattr(self, name) <= 0:
-                problems.append(f"{name} must be positive, got {getattr(self, name)}")
-        if self.n_kv_heads > 0 and self.n_heads % self.n_kv_heads:
+        for name in ("vocab_size", "d_model", "n_layers", "n_heads", "n_kv_heads", "head_dim", "d_mlp", "max_position_embeddings"):
+            value = getattr(self, name)
+            if not _is_count(value):
+                problems.append(f"{name} must be a whole number, got {value!r}")
+            elif value <= 0 and not (name == "d_mlp" and value == 0):
+                problems.append(f"{name} must be positive, got {value}")
+        for name in ("rms_norm_eps", "rope_theta"):
+            if not _is_positive_number(getattr(self, name)):
+                problems.append(f"{name} must be a positive number, got {getattr(self, name)!r}")
+        if self.bos_token_id is not None and not (_is_count(self.bos_token_id) and 0 <= self.bos_token_id):
+            problems.append(f"bos_token_id must be a token id, got {self.bos_token_id!r}")
+        if problems:
+            raise ConfigError("invalid model config: " + "; ".join(problems))
+        if self.n_heads % self.n_kv_heads:
             problems.append(
                 f"n_heads={self.n_heads} is not a multiple of n_kv_heads={self.n_kv_heads}; "
                 "grouped-query attention needs every KV head to serve the same number of query heads"
@@ -78,8 +103,6 @@ class ModelConfig:
             problems.append(f"head_dim={self.head_dim} must be even for rotary embeddings")
         if self.rope_freq_factors is not None and len(self.rope_freq_factors) != self.head_dim // 2:
             problems.append(f"rope_freq_factors has {len(self.rope_freq_factors)} values, expected head_dim / 2 = {self.head_dim // 2}")
-        if self.d_mlp < 0:
-            problems.append(f"d_mlp must be >= 0 (0 = attention-only), got {self.d_mlp}")
         if problems:
             raise ConfigError("invalid model config: " + "; ".join(problems))
 

@@ -169,3 +169,47 @@ def test_index_of_the_wrong_type_is_named(tmp_path, index):
     directory = broken(tmp_path)
     (directory / "model.safetensors.index.json").write_text(index)
     assert "model.safetensors.index.json" in str(load_error(directory))
+
+
+@pytest.mark.parametrize("value", [np.nan, np.inf])
+def test_non_finite_weights_are_refused_with_the_tensor_name(tmp_path, value):
+    def poison(tensors):
+        tensors["model.layers.1.self_attn.k_proj.weight"][2, 3] = value
+
+    directory = broken(tmp_path, poison)
+    assert "tensor model.layers.1.self_attn.k_proj.weight holds 1 NaN or infinite values" in str(load_error(directory))
+    with pytest.raises(CheckpointError, match="k_proj"):
+        from circuits.analysis import predict_induction
+
+        predict_induction(circuits.open_weights(directory))
+
+
+@pytest.mark.parametrize("field, value, message", [
+    ("num_attention_heads", 0, "n_heads must be positive"),
+    ("num_attention_heads", 2.5, "whole number"),
+    ("rms_norm_eps", 0.0, "rms_norm_eps must be a positive number"),
+    ("rope_theta", -1.0, "rope_theta must be a positive number"),
+    ("rope_scaling", {"rope_type": "linear", "factor": -2.0}, "invalid RoPE scaling"),
+    ("vocab_size", "16", "whole number"),
+    ("rope_scaling", ["linear"], "config.json is invalid"),
+])
+def test_impossible_config_values_are_named(tmp_path, field, value, message):
+    directory = broken(tmp_path, config_edit=lambda config: config.update({field: value}))
+    error = str(load_error(directory))
+    assert message in error and "config.json" in error
+
+
+def test_a_config_claiming_huge_layer_counts_is_refused_at_once(tmp_path):
+    import time
+
+    for layers in (10**3, 10**8):
+        directory = broken(tmp_path / str(layers), config_edit=lambda config: config.update(num_hidden_layers=layers))
+        start = time.perf_counter()
+        error = str(load_error(directory))
+        assert time.perf_counter() - start < 5 and f"claims {layers} layers" in error and len(error) < 1000
+
+
+def test_config_json_of_the_wrong_type_is_named(tmp_path):
+    directory = broken(tmp_path)
+    (directory / "config.json").write_text("[1, 2]")
+    assert "config.json holds a JSON list" in str(load_error(directory))

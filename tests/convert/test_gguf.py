@@ -4,6 +4,8 @@ The reference is transformers' own GGUF loader (which dequantizes with ``gguf`` 
 the permutation its own way) and, for unquantized files, the original torch model.
 """
 
+import struct
+
 import numpy as np
 import pytest
 import torch
@@ -128,3 +130,52 @@ def test_truncated_and_foreign_files(tmp_path):
     assert "not a readable GGUF file" in str(load_error(tmp_path / "cut.gguf"))
     (tmp_path / "noise.gguf").write_bytes(np.random.default_rng(0).bytes(4096))
     assert "not a readable GGUF file" in str(load_error(tmp_path / "noise.gguf"))
+
+
+def gguf_bytes(*fields: bytes, n_tensors: int = 0) -> bytes:
+    """A GGUF v3 header with the given raw metadata fields (and no tensor table)."""
+    return b"GGUF" + struct.pack("<IQQ", 3, n_tensors, len(fields)) + b"".join(fields)
+
+
+def string(text: str) -> bytes:
+    return struct.pack("<Q", len(text)) + text.encode()
+
+
+def test_a_tiny_file_claiming_huge_arrays_is_refused_at_once(tmp_path):
+    import time
+
+    claims = {
+        "array.gguf": gguf_bytes(string("tokenizer.ggml.tokens") + struct.pack("<IIQ", 9, 8, 2**62)),
+        "scalars.gguf": gguf_bytes(string("x") + struct.pack("<IIQ", 9, 10, 2**40)),
+        "key.gguf": gguf_bytes(struct.pack("<Q", 2**60)),
+        "fields.gguf": b"GGUF" + struct.pack("<IQQ", 3, 2**50, 2**50),
+    }
+    for name, blob in claims.items():
+        path = tmp_path / name
+        path.write_bytes(blob + b"\0" * (128 - len(blob)))
+        start = time.perf_counter()
+        error = load_error(path)
+        assert time.perf_counter() - start < 2 and "not a readable GGUF file" in str(error), name
+
+
+@pytest.mark.parametrize("field, value, message", [
+    ("attention.head_count", 0, "is not a positive whole number"),
+    ("block_count", 2.5, "is not a positive whole number"),
+    ("attention.layer_norm_rms_epsilon", -1.0, "is not a positive number"),
+    ("rope.freq_base", 0.0, "is not a positive number"),
+])
+def test_impossible_gguf_metadata_is_named(tmp_path, field, value, message, monkeypatch):
+    import gguf
+
+    original = gguf.GGUFWriter.add_key_value
+
+    def replace(self, key, val, vtype, *args, **kwargs):
+        if key == f"llama.{field}":
+            val, vtype = value, (gguf.GGUFValueType.FLOAT32 if isinstance(value, float) else gguf.GGUFValueType.UINT32)
+        return original(self, key, val, vtype, *args, **kwargs)
+
+    monkeypatch.setattr(gguf.GGUFWriter, "add_key_value", replace)
+    write_gguf(tmp_path / "m.gguf", hf_model())
+    monkeypatch.undo()
+    error = str(load_error(tmp_path / "m.gguf"))
+    assert f"llama.{field}" in error and message in error
