@@ -73,8 +73,10 @@ def _analyze(args: argparse.Namespace) -> None:
     if args.out:
         check_output_file(args.out)
     source = open_weights(args.model)
-    if args.top > source.config.n_layers * source.config.n_heads:
-        raise ValueError(f"--top {args.top} is more than the model's {source.config.n_layers * source.config.n_heads} heads; fix: choose a smaller --top")
+    n_heads = source.config.n_layers * source.config.n_heads
+    if args.top is not None and args.top > n_heads:
+        raise ValueError(f"--top {args.top} is more than the model's {n_heads} heads; fix: choose a smaller --top")
+    top = args.top or min(10, n_heads)
     prediction = predict_induction(
         source,
         method=args.method,
@@ -82,14 +84,14 @@ def _analyze(args: argparse.Namespace) -> None:
         token_seed=args.token_seed,
         fold_norms=not args.no_fold_norms,
         max_pairs=args.max_pairs,
-        n_edges=args.top,
+        n_edges=top,
         show_progress=True,
     )
     console = Console()
     heads = Table(title=f"Predicted induction heads (weights only, {prediction.method}): {args.model}")
     for column in ("layer", "head", "predicted induction", "source head", "OV copying (diagnostic)"):
         heads.add_column(column, justify="right")
-    for layer, head, score in prediction.predicted_induction.top(args.top):
+    for layer, head, score in prediction.predicted_induction.top(top):
         prev_layer, prev_head = prediction.source_of(layer, head)
         heads.add_row(str(layer), str(head), f"{score:.3f}", head_label(prev_layer, prev_head), f"{prediction.ov_copying.scores[layer, head]:+.3f}")
     console.print(heads)
@@ -262,7 +264,7 @@ def build_parser() -> argparse.ArgumentParser:
     analyze = command("analyze", "predict induction heads and circuits from the weights alone (streams the weights)", _analyze)
     _add_model(analyze)
     analyze.add_argument("--out", default=None, help="also write the full results as JSON to this file")
-    analyze.add_argument("--top", type=_positive, default=10, help="heads and edges to show")
+    analyze.add_argument("--top", type=_positive, default=None, help="heads and edges to show (default: 10, or every head of a smaller model)")
     analyze.add_argument("--method", choices=METHODS, default=METHODS[0],
                          help="kcomp-token-zgain: RoPE-averaged K-composition x token-level prefix-matching z-score x its "
                               "logit gain, on MLP stand-ins; kcomp-token-z: without the gain; ov-kcomp-eigen: the earlier "

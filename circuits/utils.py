@@ -165,13 +165,26 @@ def write_files(directory: str | Path, files: dict[str, str | bytes], keep: tupl
             for name in files:
                 os.replace(staging / name, directory / name)
         else:
-            if directory.exists():
-                os.replace(directory, retired)
-            os.replace(staging, directory)
+            swap_in(staging, directory, retired)
     finally:
         shutil.rmtree(staging, ignore_errors=True)
-        shutil.rmtree(retired, ignore_errors=True)
     return directory
+
+
+def swap_in(new: Path, target: Path, aside: Path) -> None:
+    """Replace ``target`` by the directory ``new`` as a whole: the old one is renamed to ``aside``, ``new`` renamed
+    into place, then the old one deleted. If the second rename fails or is interrupted, the old one is put back."""
+    moved_aside = False
+    try:
+        if target.exists():
+            os.replace(target, aside)
+            moved_aside = True
+        os.replace(new, target)
+        moved_aside = False
+    finally:
+        if moved_aside:
+            os.replace(aside, target)
+        shutil.rmtree(aside, ignore_errors=True)
 
 
 def head_label(layer: int, head: int) -> str:

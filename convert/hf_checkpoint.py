@@ -102,12 +102,13 @@ def open_safetensors(directory: Path) -> tuple[dict[str, SafetensorsFile], list[
         if not file_names:
             problems.append("no *.safetensors file and no model.safetensors.index.json")
     files = {}
+    named = f"named in {INDEX_NAME}" if weight_map is not None else "found in the directory"
     for name in file_names:
         if not (directory / name).is_file():
-            problems.append(f"shard {name} named in {INDEX_NAME} is missing")
+            problems.append(f"shard {name} {named} is missing" + ("" if weight_map is not None else " (a broken link)"))
             continue
         if (directory / name).resolve().parent != directory.resolve():
-            problems.append(f"shard {name} named in {INDEX_NAME} lies outside the checkpoint directory (a symlink out of it)")
+            problems.append(f"shard {name} {named} lies outside the checkpoint directory (a symlink out of it)")
             continue
         files[name] = SafetensorsFile(directory / name)
         problems.extend(files[name].problems)

@@ -18,7 +18,7 @@ from circuits.convert.errors import CheckpointError
 from circuits.models.config import ModelConfig
 from circuits.models.sharding import check_mesh_fits, param_sharding
 from circuits.models.transformer import Transformer
-from circuits.utils import remove_stale_partials
+from circuits.utils import remove_stale_partials, swap_in
 
 MARKER = "circuits_cache.json"
 FORMAT_VERSION = 1
@@ -81,12 +81,9 @@ def save_cache(model: Transformer, destination: str | Path, *, overwrite: bool =
         meta = {"format_version": FORMAT_VERSION, "dtype": str(model.dtype), "config": model.config.to_dict(),
                 "checksums": _checksums(params)}
         (staging / MARKER).write_text(json.dumps(meta, indent=2))
-        if destination.exists():
-            os.replace(destination, retired)
-        os.replace(staging, destination)
+        swap_in(staging, destination, retired)
     finally:
         shutil.rmtree(staging, ignore_errors=True)
-        shutil.rmtree(retired, ignore_errors=True)
     return destination
 
 

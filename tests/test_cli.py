@@ -1,6 +1,9 @@
-"""`circuits analyze`: weight-only prediction from the command line."""
+"""The command line: `circuits analyze`, flags, output directories, interrupts and file modes."""
 
 import json
+import os
+
+import pytest
 
 from circuits.cli import main
 
@@ -11,14 +14,14 @@ def test_analyze_demo_writes_json_with_planted_edge(tmp_path, capsys):
     printed = capsys.readouterr().out
     assert "L0H0" in printed and "L1H0" in printed
     data = json.loads(out.read_text())
-    assert data["schema_version"] == 2
+    assert data["schema_version"] == 3
     assert data["preprocessing"]["fold_norms"] is True
-    assert data["method"] == "kcomp-token-z" and data["settings"]["rope_offsets"] == [8, 512]
+    assert data["method"] == "kcomp-token-zgain" and data["settings"]["rope_offsets"] == [8, 512]
     assert data["settings"]["n_tokens"] == 1024 and data["settings"]["token_seed"] == 0
     assert data["source_heads"][1][0] == [0, 0]  # the planted induction head reads the planted previous-token head
     edge = data["edges"][0]
     assert (edge["prev_layer"], edge["prev_head"], edge["layer"], edge["head"]) == (0, 0, 1, 0)
-    assert not list(out.parent.glob(".*partial"))
+    assert sorted(p.name for p in out.parent.iterdir()) == ["prediction.json"]
 
 
 def test_analyze_streams_an_hf_checkpoint(make_llama, tmp_path):
@@ -35,3 +38,91 @@ def test_analyze_missing_model_is_one_clear_error(tmp_path, capsys):
     assert main(["analyze", str(tmp_path / "absent")]) == 2
     err = capsys.readouterr().err
     assert err.startswith("error:") and "no such file" in err
+
+
+@pytest.mark.parametrize("args, message", [
+    (["info", "demo-induction", "--dtype", "int8"], "invalid choice: 'int8'"),
+    (["report", "demo-induction", "--dtype", "float64"], "invalid choice: 'float64'"),
+    (["analyze", "demo-induction", "--top", "-1"], "-1 is not a positive integer"),
+    (["analyze", "demo-induction", "--top", "0"], "0 is not a positive integer"),
+    (["analyze", "demo-induction", "--max-pairs", "-5"], "-5 is not a positive integer"),
+    (["report", "demo-induction", "--top", "x"], "invalid _positive value"),
+])
+def test_bad_flags_are_refused_at_parse_time(args, message, capsys):
+    with pytest.raises(SystemExit) as info:
+        main(args)
+    assert info.value.code == 2 and message in capsys.readouterr().err
+
+
+def test_top_above_the_head_count_is_one_clear_error(tmp_path, capsys):
+    assert main(["analyze", "demo-induction", "--top", "9999"]) == 2
+    assert "more than the model's" in capsys.readouterr().err
+    assert main(["report", "demo-induction", "--top", "9999", "--out", str(tmp_path / "r")]) == 2
+    assert "fix: choose 1 to" in capsys.readouterr().err and not (tmp_path / "r").exists()
+
+
+def test_out_is_checked_before_the_work(tmp_path, capsys, monkeypatch):
+    import circuits.report.experiment
+
+    monkeypatch.setattr(circuits.report.experiment, "predict_induction", lambda *a, **k: pytest.fail("work started"))
+    (tmp_path / "file").write_text("x")
+    assert main(["report", "demo-induction", "--out", str(tmp_path / "file")]) == 2
+    assert "is a file, not a directory" in capsys.readouterr().err
+    (tmp_path / "mine").mkdir()
+    (tmp_path / "mine" / "notes.txt").write_text("keep")
+    assert main(["report", "demo-induction", "--out", str(tmp_path / "mine")]) == 2
+    assert "already holds other files (notes.txt)" in capsys.readouterr().err
+    locked = tmp_path / "locked"
+    locked.mkdir(mode=0o500)
+    if not os.access(locked, os.W_OK):  # (root can write anywhere)
+        assert main(["report", "demo-induction", "--out", str(locked / "out")]) == 2
+        assert "not a writable directory" in capsys.readouterr().err
+    assert main(["analyze", "demo-induction", "--out", str(tmp_path)]) == 2
+    assert "is a directory" in capsys.readouterr().err
+
+
+def test_ctrl_c_prints_one_line_and_exits_130(tmp_path, capsys, monkeypatch):
+    import circuits.analysis.induction
+
+    def interrupted(*args, **kwargs):
+        raise KeyboardInterrupt
+
+    monkeypatch.setattr(circuits.analysis.induction, "predict_induction", interrupted)
+    assert main(["analyze", "demo-induction", "--out", str(tmp_path / "p.json")]) == 130
+    assert capsys.readouterr().err.strip() == "interrupted; nothing was written"
+    assert list(tmp_path.iterdir()) == []
+
+
+def test_written_files_honour_the_umask(tmp_path):
+    old = os.umask(0o022)
+    try:
+        assert main(["analyze", "demo-induction", "--out", str(tmp_path / "p.json")]) == 0
+        assert main(["report", "demo-induction", "--validate", "--out", str(tmp_path / "rep")]) == 0
+    finally:
+        os.umask(old)
+    assert (tmp_path / "p.json").stat().st_mode & 0o777 == 0o644
+    assert (tmp_path / "rep").stat().st_mode & 0o777 == 0o755
+    assert (tmp_path / "rep" / "report.json").stat().st_mode & 0o777 == 0o644
+
+
+def test_report_into_an_existing_report_swaps_the_set_as_a_whole(tmp_path, monkeypatch):
+    out = tmp_path / "rep"
+    assert main(["report", "demo-induction", "--out", str(out)]) == 0
+    before = {p.name: p.read_bytes() for p in out.iterdir()}
+    import circuits.utils
+
+    real_replace = os.replace
+
+    calls = []
+
+    def interrupted(source, destination):
+        calls.append(destination)
+        if str(destination) == str(out) and len([c for c in calls if str(c) == str(out)]) == 1:
+            raise KeyboardInterrupt  # killed just before the new set is renamed in
+        return real_replace(source, destination)
+
+    monkeypatch.setattr(circuits.utils.os, "replace", interrupted)
+    assert main(["report", "demo-induction", "--validate", "--out", str(out)]) == 130
+    monkeypatch.undo()
+    assert {p.name: p.read_bytes() for p in out.iterdir()} == before  # the old set, whole, back in place
+    assert sorted(p.name for p in tmp_path.iterdir()) == ["rep"]  # nothing left beside it

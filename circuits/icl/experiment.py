@@ -85,6 +85,9 @@ class ICLResult(ResultFiles):
 def run_icl(model, tokenizer, name: str, settings: ICLSettings = ICLSettings(), show_progress: bool = True) -> ICLResult:
     """Run every task under every condition; ``model`` a loaded Transformer, ``tokenizer`` a ``tokenizers.Tokenizer``."""
     config = model.config
+    if tokenizer.get_vocab_size() > config.vocab_size:
+        raise ValueError(f"the tokenizer has {tokenizer.get_vocab_size()} tokens but the model's vocabulary has {config.vocab_size}; "
+                         "fix: use the tokenizer that belongs to this model")
     bos = config.bos_token_id if config.bos_token_id is not None else 0
     encode = lambda text: tokenizer.encode(text, add_special_tokens=False).ids  # noqa: E731
     scores = np.mean([prefix_matching_scores(model, repeated_random_tokens(config, 16, 50, repeats=4, seed=s)).scores

@@ -246,6 +246,9 @@ def report(
     if validate and loaded is None:
         _check_validation_fits(config, dtype if dtype is not None else source.dtype, mesh)
     k = k or heads_for_fraction(config.n_layers, config.n_heads, 0.03)
+    if not 0 < k <= config.n_layers * config.n_heads:
+        raise ValueError(f"top k = {k} heads, but the model has {config.n_layers * config.n_heads}; fix: choose 1 to "
+                         f"{config.n_layers * config.n_heads} (--top)")
     prediction = predict_induction(source, fold_norms=fold_norms, n_edges=max(20, k), show_progress=show_progress)
     del source  # the streamed reader is closed before the model is loaded: never two copies
     validation = None

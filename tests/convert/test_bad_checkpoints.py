@@ -213,3 +213,10 @@ def test_config_json_of_the_wrong_type_is_named(tmp_path):
     directory = broken(tmp_path)
     (directory / "config.json").write_text("[1, 2]")
     assert "config.json holds a JSON list" in str(load_error(directory))
+
+
+def test_a_broken_link_without_an_index_does_not_blame_an_index(tmp_path):
+    directory = broken(tmp_path)
+    (directory / "extra.safetensors").symlink_to(tmp_path / "gone.safetensors")
+    error = str(load_error(directory))
+    assert "shard extra.safetensors found in the directory is missing (a broken link)" in error and "index" not in error

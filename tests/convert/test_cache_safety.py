@@ -44,7 +44,7 @@ def test_force_replaces_a_cache_by_an_atomic_swap(demo_cache, monkeypatch):
     def crash_on_second_rename(source, destination):
         calls.append((str(source), str(destination)))
         if len(calls) == 2:
-            raise KeyboardInterrupt  # killed between renaming the old cache aside and the new one in
+            raise KeyboardInterrupt  # interrupted between renaming the old cache aside and the new one in
         return real_replace(source, destination)
 
     monkeypatch.setattr(orbax_cache.os, "replace", crash_on_second_rename)
@@ -52,7 +52,9 @@ def test_force_replaces_a_cache_by_an_atomic_swap(demo_cache, monkeypatch):
         save_cache(circuits.load("demo-induction", dtype="bfloat16"), demo_cache, overwrite=True)
     monkeypatch.undo()
     assert ".cache.old-" in calls[0][1]  # the old cache was moved aside whole, never deleted in place
-    assert not list(demo_cache.parent.glob(".cache.partial-*"))  # the unfinished new one is removed
+    assert calls[2] == (calls[0][1], calls[0][0])  # and put back when the swap was interrupted
+    assert json.loads((demo_cache / "circuits_cache.json").read_text()) == before and circuits.load(demo_cache).dtype == "float32"
+    assert sorted(p.name for p in demo_cache.parent.iterdir()) == ["cache"]  # the unfinished new one is removed
     save_cache(circuits.load("demo-induction", dtype="bfloat16"), demo_cache, overwrite=True)
     assert json.loads((demo_cache / "circuits_cache.json").read_text())["dtype"] == "bfloat16" != before["dtype"]
     assert circuits.load(demo_cache).dtype == "bfloat16"

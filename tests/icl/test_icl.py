@@ -131,4 +131,14 @@ def test_cli_refuses_a_model_without_tokenizer(capsys):
 
     assert main(["icl", "demo-induction", "--quick"]) == 2
     error = capsys.readouterr().err
-    assert "no tokenizer.json" in error and "Fix" in error
+    assert "has no tokenizer" in error and "fix: use a real checkpoint" in error and "into ." not in error
+
+
+def test_a_tokenizer_larger_than_the_vocabulary_is_refused_before_the_work(model):
+    from tokenizers import Tokenizer, models
+
+    from circuits.icl.experiment import run_icl
+
+    tokenizer = Tokenizer(models.WordLevel({f"w{i}": i for i in range(model.config.vocab_size + 5)}, unk_token="w0"))
+    with pytest.raises(ValueError, match=f"{model.config.vocab_size + 5} tokens but the model's vocabulary has {model.config.vocab_size}"):
+        run_icl(model, tokenizer, "tiny", show_progress=False)
