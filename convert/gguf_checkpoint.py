@@ -16,7 +16,7 @@ from typing import Any
 import numpy as np
 
 from circuits.convert.errors import CheckpointError
-from circuits.convert.gguf_structure import GGUFStructureError, check_gguf_structure
+from circuits.convert.gguf_file import ArrayField, GGUFFile, GGUFStructureError
 from circuits.convert.layout import kv_rows, linear_transpose, output_columns, query_rows, rule
 from circuits.convert.table_checkpoint import TableCheckpoint
 from circuits.models.config import ConfigError, ModelConfig, RopeScaling
@@ -58,29 +58,23 @@ GGUF_RULES = (
 """llama.cpp tensor names; ``internlm2`` files use the same ones (wqkv is split at conversion)."""
 
 
-def open_gguf(path: Path):
-    """A ``gguf.GGUFReader`` on ``path``; a damaged file raises :class:`CheckpointError`."""
+def open_gguf(path: Path) -> GGUFFile:
+    """The GGUF file at ``path``, walked and checked (:class:`GGUFFile`); damage raises :class:`CheckpointError`."""
     import gguf
 
     try:
-        check_gguf_structure(path, {int(kind): sizes for kind, sizes in gguf.GGML_QUANT_SIZES.items()})
+        return GGUFFile(path, {int(kind): sizes for kind, sizes in gguf.GGML_QUANT_SIZES.items()})
     except GGUFStructureError as err:
         raise CheckpointError(path, [f"not a readable GGUF file: {err}"], FIX) from err
-    except OSError as err:
-        raise CheckpointError(path, [f"cannot read the file ({err.strerror or err})"], "check the path and its permissions") from err
-    try:
-        return gguf.GGUFReader(path, "r")
-    except Exception as err:  # the gguf package raises many types for damage the walk above does not see
-        message = " ".join(str(err).split())[:200]
-        raise CheckpointError(path, [f"not a readable GGUF file ({type(err).__name__}: {message})"], FIX) from err
+    except (OSError, ValueError) as err:  # unreadable, or empty (mmap refuses a zero-length file)
+        raise CheckpointError(path, [f"cannot read the file ({getattr(err, 'strerror', None) or err})"],
+                              "check the path and its permissions") from err
 
 
-def scalar_metadata(reader) -> dict[str, Any]:
+def scalar_metadata(file: GGUFFile) -> dict[str, Any]:
     """GGUF metadata fields that are single values (strings, numbers); arrays such as the
-    tokenizer's vocabulary are left in the reader, to be read only when needed."""
-    import gguf
-
-    return {name: field.contents() for name, field in reader.fields.items() if field.types[:1] != [gguf.GGUFValueType.ARRAY]}
+    tokenizer's vocabulary are left in the file, to be decoded only when needed."""
+    return {name: value for name, value in file.metadata.items() if not isinstance(value, ArrayField)}
 
 
 def gguf_config(
@@ -147,19 +141,15 @@ class GGUFCheckpoint(TableCheckpoint):
 
     Any quantization the ``gguf`` package can dequantize is read (F32, F16, BF16, Q8_0,
     Q4_0, Q4_1, Q5_0, Q5_1 and the K-quants among them). ``metadata`` holds the single-valued
-    fields; ``reader`` (a ``gguf.GGUFReader``) the rest, such as the tokenizer's vocabulary.
+    fields; ``file`` (a :class:`GGUFFile`) the rest, such as the tokenizer's vocabulary.
     """
 
     def __init__(self, path: str | Path):
-        import gguf
-
         path = Path(path)
-        reader = open_gguf(path)
-        self._tensors = {t.name: t for t in reader.tensors}
-        self._dequantize = gguf.quants.dequantize
-        shapes = {name: tuple(int(n) for n in reversed(t.shape.tolist())) for name, t in self._tensors.items()}
-        self.reader = reader
-        self.metadata = scalar_metadata(reader)
+        self.file = open_gguf(path)
+        self._tensors = self.file.tensors
+        shapes = {name: info.shape for name, info in self._tensors.items()}
+        self.metadata = scalar_metadata(self.file)
         rope_freqs = self._read(ROPE_FREQS) if ROPE_FREQS in self._tensors else None
         try:
             config, problems = gguf_config(self.metadata, shapes, rope_freqs)
@@ -169,15 +159,26 @@ class GGUFCheckpoint(TableCheckpoint):
 
     def _read(self, name: str) -> np.ndarray:
         """Stored tensor ``name`` dequantized to float32, in numpy order ([out, in] for matrices)."""
-        tensor = self._tensors[name]
-        array = self._dequantize(tensor.data, tensor.tensor_type)
-        shape = tuple(int(n) for n in reversed(tensor.shape.tolist()))
-        return np.asarray(array, dtype=np.float32).reshape(shape)
+        import gguf
+
+        info = self._tensors[name]
+        kind = gguf.GGMLQuantizationType(info.kind)
+        try:
+            array = gguf.quants.dequantize(self.file.raw(name, gguf.quants.quant_shape_to_byte_shape), kind)
+        except NotImplementedError as err:
+            raise CheckpointError(self.file.path, [f"tensor {name} is stored as {kind.name}, which cannot be dequantized here"],
+                                  "convert the model to F16, BF16, Q8_0 or a K-quant GGUF") from err
+        return np.asarray(array, dtype=np.float32).reshape(info.shape)
+
+    def _kind(self, name: str) -> str:
+        import gguf
+
+        return gguf.GGMLQuantizationType(self._tensors[name].kind).name
 
     @property
     def storage(self) -> str:
         """How the weights are stored, e.g. ``GGUF, Q4_1`` (the most common type of its matrices), noting dequantisation."""
-        counts = collections.Counter(t.tensor_type.name for t in self._tensors.values() if len(t.shape) > 1)
+        counts = collections.Counter(self._kind(name) for name, info in self._tensors.items() if len(info.shape) > 1)
         kind = counts.most_common(1)[0][0] if counts else "no matrices"
         return f"GGUF, {kind}" + ("" if kind in ("F32", "F16", "BF16") else ", dequantised to float32 on reading")
 
@@ -186,5 +187,5 @@ class GGUFCheckpoint(TableCheckpoint):
         """float32 (dequantized), or the file's own float16 / bfloat16 when the embedding is stored so."""
         import ml_dtypes
 
-        kind = self._tensors["token_embd.weight"].tensor_type.name
+        kind = self._kind("token_embd.weight") if "token_embd.weight" in self._tensors else "F32"
         return {"F16": np.dtype(np.float16), "BF16": np.dtype(ml_dtypes.bfloat16)}.get(kind, np.dtype(np.float32))

@@ -17,6 +17,7 @@ from pathlib import Path
 from tokenizers import Regex, Tokenizer, decoders, models, normalizers, pre_tokenizers, processors
 
 from circuits.convert.gguf_checkpoint import open_gguf
+from circuits.convert.gguf_file import ArrayField
 
 LLAMA3_PATTERN = (
     r"(?i:'s|'t|'re|'ve|'m|'ll|'d)|[^\r\n\p{L}\p{N}]?\p{L}+|\p{N}{1,3}| ?[^\s\p{L}\p{N}]+[\r\n]*|\s*[\r\n]+|\s+(?!\S)|\s+"
@@ -42,9 +43,10 @@ def _pre_tokenizer(name: str) -> pre_tokenizers.PreTokenizer:
     return byte_level
 
 
-def _field(reader, name: str):
-    field = reader.fields.get(name)
-    return None if field is None else field.contents()
+def _field(file, name: str):
+    """Metadata ``name`` of a :class:`~circuits.convert.gguf_file.GGUFFile`: a value, a decoded array, or None."""
+    value = file.metadata.get(name)
+    return file.array(name) if isinstance(value, ArrayField) else value
 
 
 # SentencePiece piece types (sentencepiece_model.proto): 1 normal, 2 unknown, 3 control, 4 user-defined, 6 byte
@@ -116,28 +118,32 @@ def tokenizer_from_sentencepiece(path: str | Path) -> Tokenizer:
 def tokenizer_from_gguf(path: str | Path) -> Tokenizer:
     """The tokenizer stored in a GGUF file's ``tokenizer.ggml.*`` metadata: byte-level BPE (``gpt2``) or
     SentencePiece (``llama``)."""
-    reader = open_gguf(Path(path))
-    kind = _field(reader, "tokenizer.ggml.model")
+    file = open_gguf(Path(path))
+    kind = _field(file, "tokenizer.ggml.model")
+    missing = [key for key in ("tokenizer.ggml.tokens", "tokenizer.ggml.token_type") + (("tokenizer.ggml.scores",) if kind == "llama" else
+               ("tokenizer.ggml.merges",)) if not isinstance(_field(file, key), list)]
+    if kind in ("llama", "gpt2") and missing:
+        raise TokenizerError(f"{path}: the GGUF vocabulary lacks {', '.join(missing)}; fix: pass the model's tokenizer.json instead")
     if kind == "llama":
-        tokens = list(_field(reader, "tokenizer.ggml.tokens"))
-        add_bos = _field(reader, "tokenizer.ggml.add_bos_token")
-        return sentencepiece_tokenizer(tokens, list(_field(reader, "tokenizer.ggml.scores")), list(_field(reader, "tokenizer.ggml.token_type")),
+        tokens = list(_field(file, "tokenizer.ggml.tokens"))
+        add_bos = _field(file, "tokenizer.ggml.add_bos_token")
+        return sentencepiece_tokenizer(tokens, list(_field(file, "tokenizer.ggml.scores")), list(_field(file, "tokenizer.ggml.token_type")),
                                        bpe=True, add_bos=True if add_bos is None else bool(add_bos),
-                                       bos_id=_field(reader, "tokenizer.ggml.bos_token_id"))
+                                       bos_id=_field(file, "tokenizer.ggml.bos_token_id"))
     if kind != "gpt2":
         raise TokenizerError(
             f"{path}: the GGUF tokenizer model is {kind!r}; byte-level BPE ('gpt2') and SentencePiece ('llama') vocabularies "
             "are read from GGUF metadata. Fix: pass the model's tokenizer.json instead"
         )
-    tokens = _field(reader, "tokenizer.ggml.tokens")
-    merges = [tuple(merge.split(" ", 1)) for merge in _field(reader, "tokenizer.ggml.merges")]
+    tokens = _field(file, "tokenizer.ggml.tokens")
+    merges = [tuple(merge.split(" ", 1)) for merge in _field(file, "tokenizer.ggml.merges")]
     tokenizer = Tokenizer(models.BPE(vocab={token: i for i, token in enumerate(tokens)}, merges=merges, fuse_unk=False))
-    tokenizer.pre_tokenizer = _pre_tokenizer(_field(reader, "tokenizer.ggml.pre") or "default")
+    tokenizer.pre_tokenizer = _pre_tokenizer(_field(file, "tokenizer.ggml.pre") or "default")
     tokenizer.decoder = decoders.ByteLevel()
-    special = [tokens[i] for i, kind in enumerate(_field(reader, "tokenizer.ggml.token_type")) if kind == 3]  # CONTROL
+    special = [tokens[i] for i, kind in enumerate(_field(file, "tokenizer.ggml.token_type")) if kind == 3]  # CONTROL
     tokenizer.add_special_tokens(special)
-    bos = _field(reader, "tokenizer.ggml.bos_token_id")
-    if _field(reader, "tokenizer.ggml.add_bos_token") and bos is not None:
+    bos = _field(file, "tokenizer.ggml.bos_token_id")
+    if _field(file, "tokenizer.ggml.add_bos_token") and bos is not None:
         tokenizer.post_processor = processors.TemplateProcessing(
             single=f"{tokens[bos]} $A", special_tokens=[(tokens[bos], bos)]
         )

@@ -6,6 +6,7 @@ the permutation its own way) and, for unquantized files, the original torch mode
 
 import struct
 
+import gguf
 import numpy as np
 import pytest
 import torch
@@ -179,3 +180,19 @@ def test_impossible_gguf_metadata_is_named(tmp_path, field, value, message, monk
     monkeypatch.undo()
     error = str(load_error(tmp_path / "m.gguf"))
     assert f"llama.{field}" in error and message in error
+
+
+def test_an_8_mb_vocabulary_with_broken_metadata_is_refused_in_seconds(tmp_path):
+    import time
+
+    path = tmp_path / "big.gguf"
+    writer = gguf.GGUFWriter(str(path), "llama")
+    writer.add_array("tokenizer.ggml.tokens", ["a"] * 900_000)  # 8 MB of metadata, no model keys
+    writer.add_tensor("x", np.zeros(4, np.float32))
+    writer.write_header_to_file()
+    writer.write_kv_data_to_file()
+    writer.write_tensors_to_file()
+    writer.close()
+    start = time.perf_counter()
+    assert "metadata keys missing" in str(load_error(path))
+    assert time.perf_counter() - start < 5  # the vocabulary is located, never decoded
