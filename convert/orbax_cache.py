@@ -15,7 +15,7 @@ from jax.sharding import Mesh
 
 from circuits.convert.build import abstract_model, leaf_name, resolve_dtype
 from circuits.convert.errors import CheckpointError
-from circuits.models.config import ModelConfig
+from circuits.models.config import ConfigError, ModelConfig
 from circuits.models.sharding import check_mesh_fits, param_sharding
 from circuits.models.transformer import Transformer
 from circuits.utils import remove_stale_partials, swap_in
@@ -89,17 +89,34 @@ def save_cache(model: Transformer, destination: str | Path, *, overwrite: bool =
 
 def cache_dtype(path: str | Path) -> str:
     """The dtype a cache was written in (its marker file's ``dtype``)."""
-    return str(json.loads((Path(path) / MARKER).read_text()).get("dtype"))
+    return str(_read_marker(Path(path).absolute())[1])
+
+
+def _read_marker(path: Path) -> tuple[ModelConfig, jnp.dtype, dict]:
+    """(config, stored dtype, marker dict) from a cache's marker file, every field's type checked."""
+    again = "convert the source again"
+    try:
+        meta = json.loads((path / MARKER).read_text())
+    except (UnicodeDecodeError, json.JSONDecodeError, RecursionError) as err:
+        raise CheckpointError(path, [f"{MARKER} is not valid JSON ({str(err)[:100]})"], again) from err
+    if not isinstance(meta, dict):
+        raise CheckpointError(path, [f"{MARKER} holds a JSON {type(meta).__name__}, not an object"], again)
+    if meta.get("format_version") != FORMAT_VERSION:
+        raise CheckpointError(path, [f"cache format {meta.get('format_version')!r} is not {FORMAT_VERSION}"], again)
+    if not isinstance(meta.get("config"), dict) or not isinstance(meta.get("dtype"), str):
+        raise CheckpointError(path, [f"{MARKER} lacks a config object or a dtype name"], again)
+    if "checksums" in meta and not (isinstance(meta["checksums"], dict) and all(isinstance(v, int) for v in meta["checksums"].values())):
+        raise CheckpointError(path, [f"{MARKER} has checksums that are not numbers"], again)
+    try:
+        return ModelConfig.from_dict(meta["config"]), resolve_dtype(meta["dtype"], None), meta
+    except (ConfigError, TypeError, ValueError, AttributeError) as err:
+        raise CheckpointError(path, [f"{MARKER} config is invalid: {err}"], again) from err
 
 
 def load_cache(path: str | Path, *, dtype=None, mesh: Mesh | None = None) -> Transformer:
     """Restore a model written by :func:`save_cache`, cast to ``dtype`` and sharded over ``mesh``."""
     path = Path(path).absolute()  # Orbax refuses relative paths
-    meta = json.loads((path / MARKER).read_text())
-    if meta.get("format_version") != FORMAT_VERSION:
-        raise CheckpointError(path, [f"cache format {meta.get('format_version')} is not {FORMAT_VERSION}"], "convert the source again")
-    config = ModelConfig.from_dict(meta["config"])
-    stored_dtype = resolve_dtype(meta["dtype"], None)
+    config, stored_dtype, meta = _read_marker(path)
     dtype = resolve_dtype(dtype, stored_dtype)
     if mesh is not None:
         check_mesh_fits(mesh, config.n_kv_heads)

@@ -126,3 +126,13 @@ def test_checksums_ignore_sharding(make_llama, tmp_path):
     cache = save_cache(circuits.load(directory, show_progress=False), tmp_path / "cache")
     sharded = circuits.load(cache, mesh=make_mesh(data=2, model=4))  # checksums verified on the sharded arrays
     np.testing.assert_array_equal(np.asarray(sharded.tensor("wq", 0)), np.asarray(circuits.load(cache).tensor("wq", 0)))
+
+
+@pytest.mark.parametrize("marker", ["[1]", "null", '{"format_version": 1, "config": "x", "dtype": "float32"}',
+                                    '{"format_version": 1, "config": {"vocab_size": "8"}, "dtype": "float32"}',
+                                    '{"format_version": 1, "config": {}, "dtype": ["float32"]}', "{oops"])
+def test_a_marker_of_the_wrong_type_is_named(demo_cache, marker):
+    (demo_cache / "circuits_cache.json").write_text(marker)
+    with pytest.raises(CheckpointError, match="circuits_cache.json|cache format") as info:
+        circuits.load(demo_cache)
+    assert "\n" not in str(info.value)
