@@ -65,10 +65,9 @@ class DecoderBlock(nnx.Module):
 class Transformer(nnx.Module):
     """Llama-style decoder with explicit grouped-query attention.
 
-    Parameters (canonical layout, layers stacked on a leading [L] axis under ``blocks``):
-    embed [V, M]; blocks.attn_norm [L, M]; blocks.attn.wq [L, M, K, G, D]; blocks.attn.wk /
-    wv [L, M, K, D]; blocks.attn.wo [L, K, G, D, M]; blocks.mlp_norm [L, M]; blocks.mlp.w_gate /
-    w_up [L, M, F]; blocks.mlp.w_down [L, F, M]; final_norm [M]; unembed [M, V] (None when tied).
+    Parameters: the canonical layout of :mod:`circuits.models.layout`, per-layer ones stacked on a leading
+    [L] axis under ``blocks`` (``blocks.attn.wq``, ``blocks.mlp.w_gate``, ...); ``unembed`` is None when
+    tied. :meth:`tensor` reads any of them by its canonical name.
 
     ``model(tokens)`` runs the jitted forward: int tokens [B, T] -> f32 logits [B, T, V].
     """
