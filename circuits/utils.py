@@ -73,16 +73,23 @@ def _alive(pid: int) -> bool:
 
 
 def remove_stale_partials(target: str | Path) -> None:
-    """Delete what killed runs left beside ``target``: ``.NAME.partial-PID*`` and ``.NAME.old-PID`` entries
-    whose process PID is gone (a running process's are left alone)."""
+    """Clean up what killed runs left beside ``target``, for processes that are gone (a running process's
+    entries are left alone): ``.NAME.partial-PID*`` (unfinished new versions) are deleted; a ``.NAME.old-PID``
+    (the previous version, moved aside for a swap) is put back if ``target`` is missing, else deleted."""
     target = Path(target).absolute()
     if not target.parent.is_dir():
         return
-    for entry in target.parent.glob(f".{target.name}.*"):
+    for entry in sorted(target.parent.glob(f".{target.name}.*")):
         kind, _, rest = entry.name[len(target.name) + 2:].partition("-")
         pid = rest.split("-", 1)[0]
-        if kind in ("partial", "old") and pid.isdigit() and int(pid) != os.getpid() and not _alive(int(pid)):
-            shutil.rmtree(entry, ignore_errors=True) if entry.is_dir() else entry.unlink(missing_ok=True)
+        if kind not in ("partial", "old") or not pid.isdigit() or int(pid) == os.getpid() or _alive(int(pid)):
+            continue
+        if kind == "old" and not target.exists():
+            os.replace(entry, target)
+        elif entry.is_dir():
+            shutil.rmtree(entry, ignore_errors=True)
+        else:
+            entry.unlink(missing_ok=True)
 
 
 def atomic_write_text(path: str | Path, text: str) -> Path:

@@ -16,6 +16,7 @@ from circuits.convert.named_models import NAMED_MODELS, fetch_named_model
 from circuits.convert.orbax_cache import cache_dtype, is_cache, load_cache
 from circuits.models.demo import DEMO_NAME, planted_induction_model
 from circuits.models.transformer import Transformer
+from circuits.utils import remove_stale_partials
 
 FORMATS = (
     "an HF model directory (config.json + *.safetensors)",
@@ -38,6 +39,8 @@ def checkpoint_kind(path: str | Path) -> str:
     if str(path) == DEMO_NAME:
         return "demo"
     path = Path(path)
+    if not path.exists():
+        remove_stale_partials(path)  # a cache moved aside by a killed `convert --force` is put back
     if not path.exists():
         raise FileNotFoundError(f"{path}: no such file or directory; fix: give {', '.join(FORMATS)}")
     if is_cache(path):

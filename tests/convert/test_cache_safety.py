@@ -73,6 +73,16 @@ def test_stale_partials_of_dead_processes_are_cleaned_up(tmp_path):
     assert sorted(p.name for p in tmp_path.iterdir() if p.name.startswith(".")) == [f".cache.partial-{os.getppid()}"]
 
 
+def test_a_cache_moved_aside_by_a_killed_swap_is_put_back(demo_cache):
+    dead = subprocess.run([sys.executable, "-c", "import os; print(os.getpid())"], capture_output=True, text=True).stdout.strip()
+    aside = demo_cache.with_name(f".cache.old-{dead}")
+    os.replace(demo_cache, aside)  # killed after moving the old cache aside, before the new one came in
+    (demo_cache.parent / f".cache.partial-{dead}").mkdir()
+    save_cache(circuits.load("demo-induction"), demo_cache.parent / "other")  # any later run tidies its own target only
+    assert not demo_cache.exists()
+    assert circuits.load(demo_cache).config.n_layers == 2 and sorted(p.name for p in demo_cache.parent.iterdir()) == ["cache", "other"]
+
+
 def test_a_cache_given_by_a_relative_path_loads(demo_cache, monkeypatch, capsys):
     monkeypatch.chdir(demo_cache.parent)
     assert main(["info", "cache"]) == 0
