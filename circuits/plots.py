@@ -93,9 +93,14 @@ def prediction_scatter(predicted: np.ndarray, measured: np.ndarray, *, label_top
 
 def circuit_graph(edges: list[tuple[int, int, int, int, float]], n_layers: int, n_heads: int, title: str) -> str:
     """SVG of previous-token head -> induction head edges (prev_layer, prev_head, layer, head, strength) on the
-    layer x head grid; line width follows the strength, and every head on an edge is labelled."""
-    figure, axes = plt.subplots(figsize=(2.5 + 0.55 * n_heads, 1.4 + 0.24 * n_layers))
-    axes.scatter(*np.meshgrid(range(n_heads), range(n_layers)), s=6, c="#dddddd")
+    layer x head grid, zoomed to the layers the edges span; line width follows the strength, and every head on
+    an edge is labelled."""
+    layers = [e[0] for e in edges] + [e[2] for e in edges]
+    top, bottom = (max(0, min(layers) - 1), min(n_layers - 1, max(layers) + 1)) if edges else (0, n_layers - 1)
+    shown = bottom - top + 1
+    figure, axes = plt.subplots(figsize=(2.5 + 0.6 * n_heads, 1.6 + 0.42 * shown))
+    grid_heads, grid_layers = np.meshgrid(range(n_heads), range(top, bottom + 1))
+    axes.scatter(grid_heads, grid_layers, s=6, c="#dddddd")
     strongest = max((edge[4] for edge in edges), default=1.0) or 1.0
     for prev_layer, prev_head, layer, head, strength in edges:
         axes.annotate("", xy=(head, layer), xytext=(prev_head, prev_layer),
@@ -107,15 +112,17 @@ def circuit_graph(edges: list[tuple[int, int, int, int, float]], n_layers: int, 
         if nodes:
             axes.scatter([h for _, h in nodes], [l for l, _ in nodes], s=46, c=colour, label=label, zorder=3)
             for layer, head in nodes:
-                axes.annotate(head_label(layer, head), (head, layer), xytext=(5, -3), textcoords="offset points", fontsize=7,
+                axes.annotate(head_label(layer, head), (head, layer), xytext=(5, -9), textcoords="offset points", fontsize=7,
                               color=colour, zorder=4)
     axes.set_xlim(-0.7, n_heads + 0.2)
-    axes.set_ylim(n_layers - 0.5, -0.5)
+    axes.set_ylim(bottom + 0.5, top - 0.5)
+    axes.set_yticks(range(top, bottom + 1))
+    axes.set_xticks(range(n_heads))
     axes.set_xlabel("head")
     axes.set_ylabel("layer")
     axes.set_title(title, fontsize=10)
     if edges:
-        axes.legend(loc="upper left", bbox_to_anchor=(1.0, 1.0), fontsize=8)
+        axes.legend(loc="upper center", bbox_to_anchor=(0.5, -0.1 - 1.0 / shown), ncol=2, fontsize=8, frameon=False)
     return _inline_svg(figure)
 
 

@@ -112,3 +112,12 @@ def test_real_model_report_contains_the_confirmed_heads(tmp_path, capsys):
         assert prefix[layer, head] >= validation["confirm_threshold"]
         assert f"L{layer}H{head}" in markdown
     assert validation["ablation"]["ablated_loss"] - validation["ablation"]["clean_loss"] > 1.0
+
+
+def test_circuits_report_is_callable_and_still_a_package():
+    import circuits
+    import circuits.report.render  # the package's modules stay importable
+
+    result = circuits.report("demo-induction", validate=False, show_progress=False)
+    assert isinstance(result, CircuitReport) and result.top_predicted()[0][:2] == (1, 0)
+    assert callable(circuits.report) and circuits.report.render.report_markdown(result).startswith("# Induction circuits")
