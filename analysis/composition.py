@@ -19,7 +19,7 @@ import jax.numpy as jnp
 import numpy as np
 
 from circuits.analysis.results import CompositionScores
-from circuits.analysis.rope_average import rope_average
+from circuits.analysis.rope import rope_average
 from circuits.analysis.weights import AttentionWeights, WeightReader, gram_factor
 from circuits.models.config import ModelConfig
 from circuits.models.layers import einsum
@@ -110,7 +110,7 @@ def composition_tensors(
     """All requested composition tensors f32[L, N, L, N] in one streaming pass over the layers.
 
     rope_offsets: (lo, hi) to use the RoPE-averaged QK circuit ``W_Q R_bar W_K^T`` (query-key offsets
-    uniform on [lo, hi], see :mod:`~circuits.analysis.rope_average`) for Q- and K-composition and their
+    uniform on [lo, hi], see :mod:`~circuits.analysis.rope`) for Q- and K-composition and their
     baseline; None (default) for the static ``W_Q W_K^T``.
 
     product_dtype: input dtype of the M-long products (float32 accumulation always). Default: bfloat16

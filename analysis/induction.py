@@ -7,7 +7,7 @@ token of each key (Olsson et al. 2022). Edge strength::
     edge(j -> i) = S_ji * max(Z_ji, 0) * max(G_ji, 0),   predicted_induction_i = max_j edge(j -> i)
 
 - ``S_ji``: K-composition of head j's OV into head i's RoPE-averaged QK circuit ``W_Q R_bar W_K^T``
-  (:mod:`~circuits.analysis.rope_average`), in units of its random baseline;
+  (:mod:`~circuits.analysis.rope`), in units of its random baseline;
 - the token-level prefix-matching circuit ``C = X_i W_Q^i R_bar W_K^iT (X_j W_V^j W_O^j)^T / sqrt(D)``
   over sampled token stand-ins (:mod:`~circuits.analysis.standins`), attention logits of a query
   token a against a key whose previous token b was moved there by head j;
@@ -50,7 +50,7 @@ from circuits.analysis.composition import (
 )
 from circuits.analysis.ov import copying_score, ov_copying_scores, ov_eigenvalues
 from circuits.analysis.results import CompositionScores, HeadScores
-from circuits.analysis.rope_average import DEFAULT_OFFSETS, rope_average
+from circuits.analysis.rope import DEFAULT_OFFSETS, rope_average
 from circuits.analysis.standins import DEFAULT_BLOWUP, DEFAULT_TOKENS, TokenStandins, sample_token_ids
 from circuits.analysis.weights import AttentionWeights, Preprocessing, WeightReader, gram_factor
 from circuits.models.layers import einsum

@@ -58,3 +58,17 @@ def test_the_model_layer_imports_nothing_heavy_of_the_project():
         "assert not bad, sorted(bad)"
     )
     subprocess.run([sys.executable, "-c", code], check=True)
+
+
+def test_the_analysis_face_names_functions_even_after_its_modules_are_imported():
+    """A public name that is also a submodule's name would turn into the module once that submodule is
+    imported (the README's ``analysis.attention_scores(model)`` broke this way)."""
+    import importlib
+    import types
+
+    import circuits.analysis as analysis
+
+    for path in (ROOT / "analysis").glob("*.py"):
+        importlib.import_module(f"circuits.analysis.{path.stem}")
+    wrong = [name for name in analysis.__all__ if isinstance(getattr(analysis, name), types.ModuleType)]
+    assert not wrong, f"public names that resolve to modules: {wrong}"

@@ -14,7 +14,7 @@ import numpy as np
 
 from circuits.analysis.ablation import heads_mask, mean_head_outputs
 from circuits.analysis.agreement import heads_for_fraction, random_heads, top_heads
-from circuits.analysis.attention_scores import prefix_matching_scores
+from circuits.analysis.attention import prefix_matching_scores
 from circuits.analysis.repeated_tokens import repeated_random_tokens
 from circuits.analysis.targets import category_targets, induction_targets
 from circuits.icl.scoring import (

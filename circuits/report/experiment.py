@@ -23,7 +23,7 @@ from circuits.analysis.agreement import (
     spearman,
     top_heads,
 )
-from circuits.analysis.attention_scores import attention_scores, copying_scores
+from circuits.analysis.attention import attention_scores, copying_scores
 from circuits.analysis.induction import InductionEdge, predict_induction
 from circuits.analysis.repeated_tokens import repeated_random_tokens
 from circuits.analysis.targets import induction_targets

@@ -12,7 +12,7 @@ from circuits.analysis.agreement import (
     random_heads,
     spearman,
 )
-from circuits.analysis.attention_scores import attention_scores, copying_scores
+from circuits.analysis.attention import attention_scores, copying_scores
 from circuits.analysis.repeated_tokens import repeated_random_tokens
 
 

@@ -7,7 +7,7 @@ import pytest
 from helpers import dense_heads, random_transformer
 
 from circuits.analysis.induction import predict_induction
-from circuits.analysis.rope_average import rope_average
+from circuits.analysis.rope import rope_average
 from circuits.analysis.standins import sample_token_ids
 from circuits.models.config import ModelConfig
 from circuits.models.rope import apply_rotary, rotary_tables
@@ -139,7 +139,7 @@ def test_testbeds_trained_by_the_project_rank_their_induction_heads_first(shape)
     induction heads form. Every head that measurably does induction (prefix matching >= 0.75) must be ranked
     above every head that does not (< 0.5), and read from a measured previous-token head."""
     from circuits.analysis.agreement import precision_at_k, spearman
-    from circuits.analysis.attention_scores import attention_scores
+    from circuits.analysis.attention import attention_scores
     from circuits.analysis.repeated_tokens import repeated_random_tokens
     from circuits.formation.clamps import Clamp
     from circuits.formation.training import Trainer, TrainSettings

@@ -80,7 +80,7 @@ def test_wheel_copied_into_cache_by_hand_is_used(tmp_path, monkeypatch):
 
 def test_top_prefix_matching_heads_sit_in_layers_17_to_24_and_matter(smollm2):
     from circuits.analysis.agreement import ablation_effect, heads_for_fraction
-    from circuits.analysis.attention_scores import prefix_matching_scores
+    from circuits.analysis.attention import prefix_matching_scores
 
     config = smollm2.config
     k = heads_for_fraction(config.n_layers, config.n_heads, 0.03)
@@ -97,7 +97,7 @@ def test_weights_alone_find_the_measured_induction_heads(smollm2):
     """The central claim on a real model: the weight-only prediction ranks the heads that measurably do
     induction first, for several token samples, and names measured previous-token heads as their sources."""
     from circuits.analysis.agreement import precision_at_k, spearman, top_heads
-    from circuits.analysis.attention_scores import attention_scores
+    from circuits.analysis.attention import attention_scores
     from circuits.analysis.induction import predict_induction
 
     measured = attention_scores(smollm2, seeds=(0, 1, 2))

@@ -11,7 +11,7 @@ import pytest
 from flax import nnx
 from helpers import random_tokens, random_transformer
 
-from circuits.analysis.attention_scores import prefix_matching_scores, previous_token_scores
+from circuits.analysis.attention import prefix_matching_scores, previous_token_scores
 from circuits.analysis.induction import predict_induction
 from circuits.analysis.repeated_tokens import repeated_random_tokens
 from circuits.cli import main
