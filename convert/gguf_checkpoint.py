@@ -19,7 +19,7 @@ from circuits.convert.errors import CheckpointError
 from circuits.convert.gguf_file import ArrayField, GGUFFile, GGUFStructureError
 from circuits.convert.layout import kv_rows, linear_transpose, output_columns, query_rows, rule
 from circuits.convert.table_checkpoint import TableCheckpoint
-from circuits.models.config import ConfigError, ModelConfig, RopeScaling
+from circuits.models.config import ConfigError, ModelConfig, RopeScaling, is_positive_number, is_whole_number
 
 ARCHITECTURES = ("llama", "internlm2")
 ROPE_FREQS = "rope_freqs.weight"
@@ -94,13 +94,13 @@ def gguf_config(
 
     def count(name: str, default=None) -> int:
         value = key(name, default)
-        if isinstance(value, bool) or not isinstance(value, (int, np.integer)) or value <= 0:
+        if not (is_whole_number(value) and value > 0):
             raise ConfigError(f"metadata {arch}.{name} = {value!r} is not a positive whole number")
-        return int(value)
+        return value
 
     def number(name: str, default=None) -> float:
         value = key(name, default)
-        if isinstance(value, bool) or not isinstance(value, (int, float, np.number)) or not np.isfinite(value) or value <= 0:
+        if not is_positive_number(value):
             raise ConfigError(f"metadata {arch}.{name} = {value!r} is not a positive number")
         return float(value)
 
@@ -117,7 +117,7 @@ def gguf_config(
         problems.append(f"tensor {ROPE_FREQS} has shape {list(rope_freqs.shape)}, expected [{head_dim // 2}]")
         rope_freqs = None
     config = ModelConfig(
-        vocab_size=int(vocab) if isinstance(vocab, (int, np.integer)) and not isinstance(vocab, bool) else vocab,
+        vocab_size=vocab,
         d_model=d_model,
         n_layers=count("block_count"),
         n_heads=n_heads,
@@ -130,7 +130,7 @@ def gguf_config(
         max_position_embeddings=count("context_length", 2048),
         tie_embeddings="output.weight" not in tensor_shapes,
         architecture=arch,
-        bos_token_id=meta.get("tokenizer.ggml.bos_token_id") if isinstance(meta.get("tokenizer.ggml.bos_token_id"), int) else None,
+        bos_token_id=meta.get("tokenizer.ggml.bos_token_id") if is_whole_number(meta.get("tokenizer.ggml.bos_token_id")) else None,
         rope_freq_factors=None if rope_freqs is None else tuple(float(x) for x in rope_freqs),
     )
     return config, problems

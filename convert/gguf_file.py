@@ -20,7 +20,8 @@ import numpy as np
 
 MAGIC = b"GGUF"
 VERSIONS = (2, 3)
-SCALAR_SIZES = {0: 1, 1: 1, 2: 2, 3: 2, 4: 4, 5: 4, 6: 4, 7: 1, 10: 8, 11: 8, 12: 8}  # value type -> bytes
+SCALAR_FORMATS = {0: "B", 1: "b", 2: "H", 3: "h", 4: "I", 5: "i", 6: "f", 7: "?", 10: "Q", 11: "q", 12: "d"}  # value type -> struct code
+SCALAR_SIZES = {kind: struct.calcsize("<" + code) for kind, code in SCALAR_FORMATS.items()}
 STRING, ARRAY = 8, 9
 MAX_ARRAY_ITEMS = 4_000_000  # a vocabulary or merge list is at most a few hundred thousand entries
 MAX_DIMS = 8
@@ -70,10 +71,6 @@ class TensorInfo:
     kind: int
     offset: int
     n_bytes: int
-
-
-SCALAR_FORMATS = {0: "B", 1: "b", 2: "H", 3: "h", 4: "I", 5: "i", 6: "f", 7: "?", 10: "Q", 11: "q", 12: "d"}
-NUMPY_ITEMS = {0: "<u1", 1: "<i1", 2: "<u2", 3: "<i2", 4: "<u4", 5: "<i4", 6: "<f4", 7: "?", 10: "<u8", 11: "<i8", 12: "<f8"}
 
 
 def _read_value(cursor: _Cursor, kind: int, what: str, depth: int = 0):
@@ -165,8 +162,8 @@ class GGUFFile:
         field = self.metadata.get(key)
         if not isinstance(field, ArrayField):
             return None
-        if field.item_type in NUMPY_ITEMS:
-            return np.frombuffer(self._map, NUMPY_ITEMS[field.item_type], field.count, field.offset).tolist()
+        if field.item_type in SCALAR_FORMATS:
+            return np.frombuffer(self._map, "<" + SCALAR_FORMATS[field.item_type], field.count, field.offset).tolist()
         if field.item_type != STRING:
             raise GGUFStructureError(f"metadata {key} is an array of arrays")
         cursor = _Cursor(self._map, len(self._map))
@@ -174,11 +171,7 @@ class GGUFFile:
         return [cursor.string(f"an item of {key}").decode("utf-8", errors="replace") for _ in range(field.count)]
 
     def raw(self, name: str, byte_shape) -> np.ndarray:
-        """Tensor ``name``'s bytes as a read-only array: float types in their dtype and numpy-order shape,
-        quantised types as uint8 rows (``byte_shape`` maps the shape to the quantised byte shape)."""
+        """Tensor ``name``'s bytes as a read-only uint8 array in rows of its stored blocks (``byte_shape`` maps
+        the numpy-order shape and type to that byte shape), as the ``gguf`` package's dequantisers take them."""
         info = self.tensors[name]
-        view = np.frombuffer(self._map, np.uint8, info.n_bytes, info.offset)
-        floats = {0: "<f4", 1: "<f2", 30: None}  # F32, F16 (BF16 is dequantised by the gguf package)
-        if floats.get(info.kind):
-            return view.view(floats[info.kind]).reshape(info.shape)
-        return view.reshape(byte_shape(info.shape, info.kind))
+        return np.frombuffer(self._map, np.uint8, info.n_bytes, info.offset).reshape(byte_shape(info.shape, info.kind))

@@ -3,13 +3,12 @@
 from __future__ import annotations
 
 import collections
-import json
 from pathlib import Path
 from typing import Any, Callable
 
 import numpy as np
 
-from circuits.convert.errors import CheckpointError
+from circuits.convert.errors import CheckpointError, read_json_object
 from circuits.convert.internlm2 import INTERNLM2_RULES, internlm2_config
 from circuits.convert.layout import TensorRule
 from circuits.convert.llama import IGNORED_SUFFIXES, LLAMA_RULES, llama_config
@@ -44,12 +43,9 @@ def read_hf_config(directory: Path) -> tuple[ModelConfig, tuple[TensorRule, ...]
     config_path = directory / "config.json"
     if not config_path.is_file():
         raise CheckpointError(directory, ["no config.json next to the weights"], "put the model's config.json in the directory")
-    try:
-        hf = json.loads(config_path.read_text())
-    except (UnicodeDecodeError, json.JSONDecodeError, RecursionError) as err:
-        raise CheckpointError(config_path, [f"config.json is not valid JSON ({str(err)[:100]})"], "restore the original config.json") from err
-    if not isinstance(hf, dict):
-        raise CheckpointError(config_path, [f"config.json holds a JSON {type(hf).__name__}, not an object"], "restore the original config.json")
+    hf, problem = read_json_object(config_path)
+    if problem:
+        raise CheckpointError(config_path, [problem], "restore the original config.json")
     names = hf.get("architectures") or []
     if not isinstance(names, list) or not all(isinstance(name, str) for name in names):
         raise CheckpointError(config_path, [f"architectures is {names!r}, not a list of names"], "restore the original config.json")
@@ -74,11 +70,10 @@ def read_hf_config(directory: Path) -> tuple[ModelConfig, tuple[TensorRule, ...]
 def read_index(index_path: Path) -> tuple[dict[str, str], list[str]]:
     """({tensor name: shard file name}, problems) from a ``model.safetensors.index.json``; shard names must
     be plain file names inside the checkpoint directory."""
-    try:
-        index = json.loads(index_path.read_text())
-    except (UnicodeDecodeError, json.JSONDecodeError, RecursionError) as err:
-        return {}, [f"{INDEX_NAME} is not valid JSON ({str(err)[:100]})"]
-    weight_map = index.get("weight_map") if isinstance(index, dict) else None
+    index, problem = read_json_object(index_path)
+    if problem:
+        return {}, [problem]
+    weight_map = index.get("weight_map")
     if not isinstance(weight_map, dict) or not all(isinstance(k, str) and isinstance(v, str) for k, v in weight_map.items()):
         return {}, [f"{INDEX_NAME} has no weight_map object of tensor name -> shard file name"]
     outside = sorted({v for v in weight_map.values() if Path(v).name != v or v in ("", ".", "..")})

@@ -5,7 +5,7 @@ from __future__ import annotations
 from typing import Any
 
 from circuits.convert.layout import kv_rows, linear_transpose, output_columns, query_rows, rule
-from circuits.models.config import ModelConfig, rope_from_hf
+from circuits.models.config import ModelConfig, is_whole_number, rope_from_hf
 
 
 def llama_config(hf: dict[str, Any]) -> tuple[ModelConfig, list[str]]:
@@ -27,7 +27,7 @@ def llama_like_config(hf: dict[str, Any], architecture: str, head_dim: int | Non
     """ModelConfig from the config.json keys that Llama-layout families share (head_dim: hidden / heads if None)."""
     n_heads, hidden = hf["num_attention_heads"], hf["hidden_size"]
     if head_dim is None:  # hidden / heads, once both are known to be positive whole numbers (else ModelConfig says why)
-        head_dim = hidden // n_heads if all(isinstance(v, int) and not isinstance(v, bool) and v > 0 for v in (hidden, n_heads)) else 0
+        head_dim = hidden // n_heads if all(is_whole_number(v) and v > 0 for v in (hidden, n_heads)) else 0
     theta, scaling = rope_from_hf(hf)
     return ModelConfig(
         vocab_size=hf["vocab_size"],

@@ -14,7 +14,7 @@ from flax import nnx
 from jax.sharding import Mesh
 
 from circuits.convert.build import abstract_model, leaf_name, resolve_dtype
-from circuits.convert.errors import CheckpointError
+from circuits.convert.errors import CheckpointError, read_json_object
 from circuits.models.config import ConfigError, ModelConfig
 from circuits.models.sharding import check_mesh_fits, param_sharding
 from circuits.models.transformer import Transformer
@@ -95,12 +95,9 @@ def cache_dtype(path: str | Path) -> str:
 def _read_marker(path: Path) -> tuple[ModelConfig, jnp.dtype, dict]:
     """(config, stored dtype, marker dict) from a cache's marker file, every field's type checked."""
     again = "convert the source again"
-    try:
-        meta = json.loads((path / MARKER).read_text())
-    except (UnicodeDecodeError, json.JSONDecodeError, RecursionError) as err:
-        raise CheckpointError(path, [f"{MARKER} is not valid JSON ({str(err)[:100]})"], again) from err
-    if not isinstance(meta, dict):
-        raise CheckpointError(path, [f"{MARKER} holds a JSON {type(meta).__name__}, not an object"], again)
+    meta, problem = read_json_object(path / MARKER)
+    if problem:
+        raise CheckpointError(path, [problem], again)
     if meta.get("format_version") != FORMAT_VERSION:
         raise CheckpointError(path, [f"cache format {meta.get('format_version')!r} is not {FORMAT_VERSION}"], again)
     if not isinstance(meta.get("config"), dict) or not isinstance(meta.get("dtype"), str):
@@ -137,8 +134,7 @@ def load_cache(path: str | Path, *, dtype=None, mesh: Mesh | None = None) -> Tra
     if expected is not None:
         damaged = sorted(name for name, value in _checksums(restored).items() if expected.get(name) != value)
         if damaged:
-            raise CheckpointError(path, [f"checksum mismatch in {', '.join(damaged[:5])}" + (f" and {len(damaged) - 5} more" if len(damaged) > 5 else "")],
-                                  "convert the source again")
+            raise CheckpointError(path, [f"checksum mismatch in {name}" for name in damaged], "convert the source again")
     if dtype != stored_dtype:
         restored = jax.tree.map(lambda x: x.astype(dtype), restored)
     nnx.replace_by_pure_dict(abstract_state, restored)

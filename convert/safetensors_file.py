@@ -17,6 +17,8 @@ from pathlib import Path
 import ml_dtypes
 import numpy as np
 
+from circuits.models.config import is_whole_number
+
 DTYPES: dict[str, np.dtype] = {
     "F64": np.dtype(np.float64),
     "F32": np.dtype(np.float32),
@@ -28,8 +30,8 @@ DTYPES: dict[str, np.dtype] = {
 MAX_HEADER_BYTES = 100_000_000  # the reference implementation's limit
 
 
-def _is_count(value) -> bool:
-    return isinstance(value, int) and not isinstance(value, bool) and value >= 0
+def _is_size(value) -> bool:
+    return is_whole_number(value) and value >= 0
 
 
 def _entry_problems(name: str, entry) -> list[str]:
@@ -45,9 +47,9 @@ def _entry_problems(name: str, entry) -> list[str]:
         problems.append(f"tensor {name}: dtype {dtype!r} is not a string")
     elif dtype not in DTYPES:
         problems.append(f"tensor {name}: dtype {dtype} is not a floating-point weight type ({', '.join(DTYPES)})")
-    if not isinstance(shape, list) or not all(_is_count(n) for n in shape):
+    if not isinstance(shape, list) or not all(_is_size(n) for n in shape):
         problems.append(f"tensor {name}: shape {shape!r} is not a list of non-negative integers")
-    if not isinstance(offsets, list) or len(offsets) != 2 or not all(_is_count(n) for n in offsets) or offsets[0] > offsets[1]:
+    if not isinstance(offsets, list) or len(offsets) != 2 or not all(_is_size(n) for n in offsets) or offsets[0] > offsets[1]:
         problems.append(f"tensor {name}: data_offsets {offsets!r} is not [begin, end] with 0 <= begin <= end")
     return problems
 
@@ -90,9 +92,7 @@ class SafetensorsFile:
             self.problems.append(f"{self.path.name}: __metadata__ is not a map of strings; the file is corrupt")
         problems = [problem for name, entry in header.items() for problem in _entry_problems(name, entry)]
         if problems:
-            self.problems += [f"{self.path.name}: {problem}" for problem in problems[:10]]
-            if len(problems) > 10:
-                self.problems.append(f"{self.path.name}: and {len(problems) - 10} more problems")
+            self.problems += [f"{self.path.name}: {problem}" for problem in problems]
             return
         data_start, data_size = 8 + header_len, size - 8 - header_len
         position = 0

@@ -17,11 +17,13 @@ class ConfigError(ValueError):
     """A configuration that this project cannot turn into a model."""
 
 
-def _is_count(value) -> bool:
+def is_whole_number(value) -> bool:
+    """An ``int`` (not a bool, not a float that happens to be whole): how counts must be written in configs."""
     return isinstance(value, int) and not isinstance(value, bool)
 
 
-def _is_positive_number(value) -> bool:
+def is_positive_number(value) -> bool:
+    """A finite number above zero (not a bool): how epsilons, RoPE bases and factors must be written."""
     return isinstance(value, (int, float)) and not isinstance(value, bool) and math.isfinite(value) and value > 0
 
 
@@ -47,8 +49,8 @@ class RopeScaling:
                 f"{', '.join(ROPE_KINDS)}. Convert the checkpoint with one of these or open an issue."
             )
         bad = [f"{name} {getattr(self, name)!r}" for name in ("factor", "low_freq_factor", "high_freq_factor")
-               if not _is_positive_number(getattr(self, name))]
-        if not (_is_count(self.original_max_position_embeddings) and self.original_max_position_embeddings > 0):
+               if not is_positive_number(getattr(self, name))]
+        if not (is_whole_number(self.original_max_position_embeddings) and self.original_max_position_embeddings > 0):
             bad.append(f"original_max_position_embeddings {self.original_max_position_embeddings!r}")
         if bad:
             raise ConfigError(f"invalid RoPE scaling: {', '.join(bad)} must be positive")
@@ -83,14 +85,14 @@ class ModelConfig:
         problems = []
         for name in ("vocab_size", "d_model", "n_layers", "n_heads", "n_kv_heads", "head_dim", "d_mlp", "max_position_embeddings"):
             value = getattr(self, name)
-            if not _is_count(value):
+            if not is_whole_number(value):
                 problems.append(f"{name} must be a whole number, got {value!r}")
             elif value <= 0 and not (name == "d_mlp" and value == 0):
                 problems.append(f"{name} must be positive, got {value}")
         for name in ("rms_norm_eps", "rope_theta"):
-            if not _is_positive_number(getattr(self, name)):
+            if not is_positive_number(getattr(self, name)):
                 problems.append(f"{name} must be a positive number, got {getattr(self, name)!r}")
-        if self.bos_token_id is not None and not (_is_count(self.bos_token_id) and 0 <= self.bos_token_id):
+        if self.bos_token_id is not None and not (is_whole_number(self.bos_token_id) and 0 <= self.bos_token_id):
             problems.append(f"bos_token_id must be a token id, got {self.bos_token_id!r}")
         if problems:
             raise ConfigError("invalid model config: " + "; ".join(problems))
