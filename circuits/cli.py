@@ -14,7 +14,7 @@ from circuits.formation.clamps import DEFAULT_CLAMPS
 from circuits.models.config import ConfigError
 from circuits.models.sharding import MeshError, parse_mesh
 from circuits.report.resources import NotEnoughMemoryError
-from circuits.utils import OutputError, check_output_directory, check_output_file, head_label
+from circuits.utils import OutputError, check_output_file, head_label
 
 EXAMPLES = f"""examples:
   circuits analyze                          weight-only prediction for {DEFAULT_MODEL} (fetched on first use)
@@ -119,9 +119,9 @@ def _report(args: argparse.Namespace) -> None:
     from rich.console import Console
     from rich.table import Table
 
-    from circuits.report.experiment import report
+    from circuits.report.experiment import CircuitReport, report
 
-    check_output_directory(args.out, ("report.json", "report.md", "report.html"))
+    CircuitReport.check_output(args.out)
     result = report(
         args.model,
         validate=args.validate,
@@ -152,7 +152,7 @@ def _report(args: argparse.Namespace) -> None:
         )
     else:
         console.print("weight-only report; add --validate to test the prediction with forward passes")
-    console.print(f"wrote {', '.join(str(directory / name) for name in ('report.json', 'report.md', 'report.html'))}")
+    console.print(f"wrote {CircuitReport.written(directory)}")
 
 
 def _icl(args: argparse.Namespace) -> None:
@@ -161,10 +161,10 @@ def _icl(args: argparse.Namespace) -> None:
 
     from circuits.convert.loading import load
     from circuits.convert.tokenizer import load_tokenizer
-    from circuits.icl.experiment import QUICK, ICLSettings, run_icl
+    from circuits.icl.experiment import QUICK, ICLResult, ICLSettings, run_icl
 
     if args.out:
-        check_output_directory(args.out, ("icl.json", "icl.md", "icl.png"))
+        ICLResult.check_output(args.out)
     tokenizer = load_tokenizer(args.model)
     model = load(args.model, dtype=args.dtype)
     result = run_icl(model, tokenizer, str(args.model), QUICK if args.quick else ICLSettings())
@@ -178,7 +178,7 @@ def _icl(args: argparse.Namespace) -> None:
     console.print("pattern-matching heads: " + ", ".join(f"{head_label(l, h)} {s:.3f}" for l, h, s in result.pattern_matching_heads))
     if args.out:
         out = result.write(args.out)
-        console.print(f"wrote {out / 'icl.json'}, {out / 'icl.md'}, {out / 'icl.png'}")
+        console.print(f"wrote {ICLResult.written(out)}")
 
 
 def _train(args: argparse.Namespace) -> None:
@@ -188,7 +188,7 @@ def _train(args: argparse.Namespace) -> None:
     from rich.table import Table
 
     from circuits.formation.clamps import Clamp
-    from circuits.formation.experiment import run_formation
+    from circuits.formation.experiment import FormationResult, run_formation
     from circuits.formation.training import QUICK, TrainSettings
 
     settings = QUICK if args.quick else TrainSettings()
@@ -197,7 +197,7 @@ def _train(args: argparse.Namespace) -> None:
     settings = dataclasses.replace(settings, **overrides)
     clamps = tuple(Clamp.parse(spec) for spec in (args.clamp or DEFAULT_CLAMPS))
     out = Path(args.out)
-    check_output_directory(out, ("formation.json", "formation.png", "formation.svg"), keep=("checkpoints",))
+    FormationResult.check_output(out)
     result = run_formation(settings, clamps, out)
     directory = result.write(out)
     table = Table(title=f"Induction-head formation ({settings.task} task, {settings.steps} steps)")
@@ -209,7 +209,7 @@ def _train(args: argparse.Namespace) -> None:
         table.add_row(clamp, phase, *(f"{v:.3f}" for v in values))
     console = Console()
     console.print(table)
-    console.print(f"wrote {', '.join(str(directory / n) for n in ('formation.json', 'formation.png', 'formation.svg'))}; checkpoints in {out / 'checkpoints'}")
+    console.print(f"wrote {FormationResult.written(directory)}; checkpoints in {out / 'checkpoints'}")
 
 
 class _HelpFormatter(argparse.ArgumentDefaultsHelpFormatter, argparse.RawDescriptionHelpFormatter):

@@ -220,12 +220,26 @@ def json_text(data: dict) -> str:
 
 
 class ResultFiles:
-    """What every experiment result shares: ``files()`` {name: text or bytes} (each JSON with a
-    ``schema_version``) and ``write(directory)`` through the one atomic writer."""
+    """What every experiment result shares: the names it writes (``FILES``; ``KEEP``: other entries its
+    directory may hold, left alone), ``files()`` {name: text or bytes} (each JSON with a ``schema_version``)
+    and ``write(directory)`` through the one atomic writer."""
+
+    FILES: tuple[str, ...] = ()
+    KEEP: tuple[str, ...] = ()
 
     def files(self) -> dict[str, str | bytes]:
         raise NotImplementedError
 
     def write(self, directory: str | Path) -> Path:
         """Write :meth:`files` into ``directory``, all or nothing; returns the directory."""
-        return write_files(directory, self.files())
+        return write_files(directory, self.files(), keep=self.KEEP)
+
+    @classmethod
+    def check_output(cls, directory: str | Path) -> None:
+        """Refuse, before any work, a ``directory`` that :meth:`write` would refuse."""
+        check_output_directory(directory, cls.FILES, cls.KEEP)
+
+    @classmethod
+    def written(cls, directory: str | Path) -> str:
+        """The paths :meth:`write` wrote into ``directory``, for messages."""
+        return ", ".join(str(Path(directory) / name) for name in cls.FILES)

@@ -79,9 +79,12 @@ def _cast(model: Transformer, dtype) -> Transformer:
     return nnx.merge(graphdef, jax.tree.map(lambda x: x.astype(dtype), state))
 
 
-def provenance(path: str | Path) -> dict[str, str]:
+def provenance(path: str | Path, opened=None) -> dict[str, str]:
     """Where a model's weights come from: ``source`` (as given), ``file`` (resolved), ``format`` (with the
-    stored number format and any quantisation) and, for a named model, its ``description``."""
+    stored number format and any quantisation) and, for a named model, its ``description``.
+
+    ``opened``: the checkpoint reader already open on ``path`` (e.g. from :func:`open_weights`), so it is
+    not opened twice."""
     name = str(path)
     facts = {"source": name}
     if name in NAMED_MODELS:
@@ -94,7 +97,8 @@ def provenance(path: str | Path) -> dict[str, str]:
     elif kind == "cache":
         facts["format"] = f"Orbax cache written by circuits convert, {cache_dtype(resolved)}"
     else:
-        facts["format"] = (GGUFCheckpoint(resolved) if kind == "gguf" else HFCheckpoint(resolved)).storage
+        reader = opened if isinstance(opened, (GGUFCheckpoint, HFCheckpoint)) else (GGUFCheckpoint if kind == "gguf" else HFCheckpoint)(resolved)
+        facts["format"] = reader.storage
     return facts
 
 

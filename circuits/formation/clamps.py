@@ -27,6 +27,7 @@ from circuits.analysis.targets import previous_token_targets
 from circuits.formation.tasks import TaskBatch
 from circuits.models.config import ModelConfig
 from circuits.models.interventions import Interventions
+from circuits.utils import head_label
 
 CLAMP_NAMES = ("previous-token", "induction", "copy")
 DEFAULT_CLAMPS = ("none",) + CLAMP_NAMES
@@ -52,7 +53,7 @@ class Clamp:
     def name(self) -> str:
         parts = [n for n, on in zip(CLAMP_NAMES, (self.previous_token, self.induction, self.copy)) if on]
         if self.ablated:
-            parts.append("ablate:" + ",".join(f"L{layer}H{head}" for layer, head in self.ablated))
+            parts.append("ablate:" + ",".join(head_label(layer, head) for layer, head in self.ablated))
         return "+".join(parts) or "none"
 
     @classmethod
@@ -78,7 +79,7 @@ class Clamp:
 
     def check(self, config: ModelConfig) -> None:
         """Raise :class:`ClampError` if an ablated head does not exist or layer 1 and layer 2 coincide."""
-        bad = [f"L{l}H{h}" for l, h in self.ablated if not (0 <= l < config.n_layers and 0 <= h < config.n_heads)]
+        bad = [head_label(l, h) for l, h in self.ablated if not (0 <= l < config.n_layers and 0 <= h < config.n_heads)]
         if bad:
             raise ClampError(f"clamp {self.name}: no head {', '.join(bad)} in a model with {config.n_layers} layers x {config.n_heads} heads")
         if config.n_layers < 2 and self.previous_token and (self.induction or self.copy):

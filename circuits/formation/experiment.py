@@ -18,7 +18,7 @@ from circuits.formation.clamps import DEFAULT_CLAMPS, Clamp
 from circuits.formation.measures import Measures
 from circuits.formation.training import RunResult, Trainer, TrainSettings
 from circuits.plots import training_curves
-from circuits.utils import ResultFiles, json_text, step_progress, write_files
+from circuits.utils import ResultFiles, json_text, step_progress
 
 FORMAT = "circuits-formation"
 SCHEMA_VERSION = 2
@@ -35,6 +35,9 @@ PANELS = (
 @dataclasses.dataclass
 class FormationResult(ResultFiles):
     """The runs of one formation experiment (same settings, one clamp each)."""
+
+    FILES = ("formation.json", "formation.png", "formation.svg")
+    KEEP = ("checkpoints",)  # the runs' checkpoints, resumed from
 
     settings: TrainSettings
     runs: list[RunResult]
@@ -64,23 +67,19 @@ class FormationResult(ResultFiles):
         ]
         return cls(TrainSettings(**data["settings"]), runs)
 
-    def figure_files(self) -> dict[str, bytes]:
-        """{"formation.png", "formation.svg"}: loss, accuracy, the three subcircuit measures and K-composition
-        against step, one colour per clamp (mean over seeds, the seeds' range shaded, the mean phase change dotted)."""
+    def figures(self) -> dict[str, bytes]:
+        """{"png": ..., "svg": ...}: loss, accuracy, the three subcircuit measures and K-composition against step,
+        one colour per clamp (mean over seeds, the seeds' range shaded, the mean phase change dotted)."""
         runs = [{"label": run.clamp, "steps": [m.step for m in run.history], "curves": _curves(run), "phase": _mean_phase_change(run)}
                 for run in self.runs]
         seeds = f", mean of {self.settings.seeds} seeds" if self.settings.seeds > 1 else ""
         title = f"Induction-head formation: {self.settings.formation_task.name} task, {self.settings.n_layers}-layer model{seeds}"
-        figures = training_curves(runs, PANELS, baseline=self.runs[0].context_baseline if self.runs else None, title=title)
-        return {f"formation.{kind}": data for kind, data in figures.items()}
+        return training_curves(runs, PANELS, baseline=self.runs[0].context_baseline if self.runs else None, title=title)
 
     def files(self) -> dict[str, str | bytes]:
         """formation.json, formation.png and formation.svg."""
-        return {"formation.json": self.to_json(), **self.figure_files()}
-
-    def write(self, directory: str | Path) -> Path:
-        """Write :meth:`files` into ``directory``, leaving its ``checkpoints`` in place."""
-        return write_files(directory, self.files(), keep=("checkpoints",))
+        figures = self.figures()
+        return dict(zip(self.FILES, (self.to_json(), figures["png"], figures["svg"])))
 
     def summary_rows(self) -> list[tuple[str, str, float, float, float, float, float, float]]:
         """(clamp, phase change, then the final loss, accuracy, previous-token, induction strength, copy and

@@ -49,6 +49,8 @@ QUICK = ICLSettings(prompts_per_task=16, random_seeds=(0, 1), selection_seeds=(0
 class ICLResult(ResultFiles):
     """accuracy[task][condition]: one value per seed (random-head conditions) or a single value."""
 
+    FILES = ("icl.json", "icl.md", "icl.png")
+
     model: str
     settings: dict
     heads: dict[str, list[tuple[int, int]]]
@@ -79,7 +81,7 @@ class ICLResult(ResultFiles):
 
     def files(self) -> dict[str, str | bytes]:
         """icl.json, icl.md and icl.png (grouped bars: accuracy per task and condition, seeds' spread as error bars)."""
-        return {"icl.json": json_text(self.to_dict()), "icl.md": self.to_markdown(), "icl.png": grouped_bars(self.accuracy, "accuracy")}
+        return dict(zip(self.FILES, (json_text(self.to_dict()), self.to_markdown(), grouped_bars(self.accuracy, "accuracy"))))
 
 
 def run_icl(model, tokenizer, name: str, settings: ICLSettings = ICLSettings(), show_progress: bool = True) -> ICLResult:

@@ -31,7 +31,6 @@ from circuits.utils import ResultFiles, json_text, progress, rounded_list
 
 SCHEMA_VERSION = 3
 PREVIOUS_TOKEN_THRESHOLD = 0.5
-REPORT_FILES = ("report.json", "report.md", "report.html")
 
 
 @dataclasses.dataclass(frozen=True)
@@ -78,6 +77,8 @@ class CircuitReport(ResultFiles):
     ``provenance``: where the weights come from (source, file, stored format and quantisation) and the
     dtype they were analysed in.
     """
+
+    FILES = ("report.json", "report.md", "report.html")
 
     model: str
     provenance: dict[str, str]
@@ -156,7 +157,7 @@ class CircuitReport(ResultFiles):
 
     def files(self) -> dict[str, str | bytes]:
         """report.json, report.md and report.html."""
-        return dict(zip(REPORT_FILES, (self.to_json(), self.to_markdown(), self.to_html())))
+        return dict(zip(self.FILES, (self.to_json(), self.to_markdown(), self.to_html())))
 
 
 def _to_json_ready(value):
@@ -237,11 +238,12 @@ def report(
 
     if isinstance(model, Transformer):
         name, path, loaded = model.description, None, model
-        origin = {"source": name, "format": "a model in memory"}
+        source, origin = model, {"source": name, "format": "a model in memory"}
     else:
-        name, path, origin = str(model), resolve(model), provenance(model)
+        name, path = str(model), resolve(model)
         loaded = None if checkpoint_kind(path) in ("hf", "gguf") else load(path, dtype=dtype, mesh=mesh, show_progress=show_progress)
-    source = loaded if loaded is not None else open_weights(path, show_progress=show_progress)
+        source = loaded if loaded is not None else open_weights(path, show_progress=show_progress)
+        origin = provenance(model, opened=source)
     config = source.config
     if validate and loaded is None:
         _check_validation_fits(config, dtype if dtype is not None else source.dtype, mesh)
