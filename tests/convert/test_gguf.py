@@ -196,3 +196,14 @@ def test_an_8_mb_vocabulary_with_broken_metadata_is_refused_in_seconds(tmp_path)
     start = time.perf_counter()
     assert "metadata keys missing" in str(load_error(path))
     assert time.perf_counter() - start < 5  # the vocabulary is located, never decoded
+
+
+@pytest.mark.parametrize("qtype, storage", [("F32", "GGUF, F32"), ("Q8_0", "GGUF, Q8_0, dequantised to float32 on reading")])
+def test_provenance_names_the_format_and_reuses_an_open_reader(tmp_path, qtype, storage):
+    from circuits.convert import provenance
+
+    path = tmp_path / "m.gguf"
+    write_gguf(path, hf_model(), qtype)
+    facts = provenance(path)
+    assert facts == {"source": str(path), "file": str(path), "format": storage}
+    assert provenance(path, opened=circuits.open_weights(path)) == facts
