@@ -9,9 +9,11 @@ from typing import Any, Callable
 import numpy as np
 
 from circuits.convert.errors import CheckpointError, read_json_object
+from circuits.convert.gemma3 import GEMMA3_RULES, gemma3_config
 from circuits.convert.internlm2 import INTERNLM2_RULES, internlm2_config
 from circuits.convert.layout import TensorRule
 from circuits.convert.llama import IGNORED_SUFFIXES, LLAMA_RULES, llama_config
+from circuits.convert.qwen2 import QWEN2_RULES, qwen2_config
 from circuits.convert.safetensors_file import SafetensorsFile
 from circuits.convert.table_checkpoint import TableCheckpoint
 from circuits.models.config import ConfigError, ModelConfig
@@ -21,6 +23,8 @@ ConfigParser = Callable[[dict[str, Any]], tuple[ModelConfig, list[str]]]
 ARCHITECTURES: dict[str, tuple[ConfigParser, tuple[TensorRule, ...]]] = {
     "LlamaForCausalLM": (llama_config, LLAMA_RULES),
     "InternLM2ForCausalLM": (internlm2_config, INTERNLM2_RULES),
+    "Qwen2ForCausalLM": (qwen2_config, QWEN2_RULES),
+    "Gemma3ForCausalLM": (gemma3_config, GEMMA3_RULES),
 }
 """HF ``architectures`` value -> (config parser, tensor name table)."""
 

@@ -61,3 +61,14 @@ def output_columns(array: np.ndarray, config: ModelConfig) -> np.ndarray:
     """torch o_proj weight [M, N*D] -> wo [K, G, D, M]."""
     k, g, d = config.n_kv_heads, config.q_per_kv, config.head_dim
     return array.reshape(config.d_model, k, g, d).transpose(1, 2, 3, 0)
+
+
+def bias_rows(array: np.ndarray, config: ModelConfig) -> np.ndarray:
+    """torch q_proj bias [N*D] -> bq [K, G, D]."""
+    return array.reshape(config.n_kv_heads, config.q_per_kv, config.head_dim)
+
+
+def kv_bias_rows(array: np.ndarray, config: ModelConfig) -> np.ndarray:
+    """torch k_proj / v_proj bias [K*D] -> [K, D]."""
+    return array.reshape(config.n_kv_heads, config.head_dim)
+

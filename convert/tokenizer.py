@@ -126,10 +126,11 @@ def tokenizer_from_gguf(path: str | Path) -> Tokenizer:
         raise TokenizerError(f"{path}: the GGUF vocabulary lacks {', '.join(missing)}; fix: pass the model's tokenizer.json instead")
     if kind == "llama":
         tokens = list(_field(file, "tokenizer.ggml.tokens"))
-        add_bos = _field(file, "tokenizer.ggml.add_bos_token")
+        add_bos, add_prefix = _field(file, "tokenizer.ggml.add_bos_token"), _field(file, "tokenizer.ggml.add_space_prefix")
         return sentencepiece_tokenizer(tokens, list(_field(file, "tokenizer.ggml.scores")), list(_field(file, "tokenizer.ggml.token_type")),
                                        bpe=True, add_bos=True if add_bos is None else bool(add_bos),
-                                       bos_id=_field(file, "tokenizer.ggml.bos_token_id"))
+                                       bos_id=_field(file, "tokenizer.ggml.bos_token_id"),
+                                       add_dummy_prefix=True if add_prefix is None else bool(add_prefix))
     if kind != "gpt2":
         raise TokenizerError(
             f"{path}: the GGUF tokenizer model is {kind!r}; byte-level BPE ('gpt2') and SentencePiece ('llama') vocabularies "

@@ -3,7 +3,6 @@
 from __future__ import annotations
 
 import contextlib
-import math
 
 import jax
 import jax.numpy as jnp
@@ -11,23 +10,23 @@ from flax import nnx
 
 from circuits.models.config import ModelConfig
 from circuits.models.interventions import KNOCKOUT_LOGIT
-from circuits.models.layers import WEIGHT_INIT, einsum
+from circuits.models.layers import create_params, einsum, rms_norm
 from circuits.models.rope import apply_rotary
 
 
 class Attention(nnx.Module):
-    """Causal GQA self-attention.
+    """Causal GQA self-attention, optionally with q/k/v biases, QK-norm and a sliding window.
 
-    Parameters: wq [M, K, G, D], wk / wv [M, K, D], wo [K, G, D, M]. Query head h = k * G + g
-    reads KV head k (HF's order).
+    Parameters: wq [M, K, G, D], wk / wv [M, K, D], wo [K, G, D, M]; with ``BlockSpec.qkv_bias`` bq [K, G, D],
+    bk / bv [K, D]; with ``BlockSpec.qk_norm`` q_norm / k_norm [D] (RMSNorm over each head's query and key,
+    before RoPE). Query head h = k * G + g reads KV head k (HF's order).
     """
 
     def __init__(self, config: ModelConfig, *, dtype: jnp.dtype, rngs: nnx.Rngs):
-        m, k, g, d = config.d_model, config.n_kv_heads, config.q_per_kv, config.head_dim
-        self.wq = nnx.Param(WEIGHT_INIT(rngs.params(), (m, k, g, d), dtype))
-        self.wk = nnx.Param(WEIGHT_INIT(rngs.params(), (m, k, d), dtype))
-        self.wv = nnx.Param(WEIGHT_INIT(rngs.params(), (m, k, d), dtype))
-        self.wo = nnx.Param(WEIGHT_INIT(rngs.params(), (k, g, d, m), dtype))
+        self.block = config.block
+        self.eps = config.rms_norm_eps
+        self.scale = config.attention_scale
+        create_params(self, config, "attn", dtype=dtype, rngs=rngs)
 
     def __call__(
         self,
@@ -37,8 +36,11 @@ class Attention(nnx.Module):
         layer_interventions: dict[str, jax.Array] | None = None,
         knockout_edges: jax.Array | None = None,
         need_pattern: bool = True,
+        window: jax.Array | None = None,
     ) -> tuple[jax.Array, jax.Array | None, jax.Array]:
         """x [B, T, M] (already normed) -> (output [B, T, M], pattern f32[B, K, G, T, S] or None, z [B, T, K, G, D]).
+
+        ``window``: int32[] keys a query sees (itself included; None: all earlier keys).
 
         ``layer_interventions``: this layer's slice of :class:`Interventions` (head_scale [K, G],
         head_replacement [K, G, D], knockout_heads [K, G], pattern_override [B, T, S] and
@@ -47,14 +49,21 @@ class Attention(nnx.Module):
         clamp); attention then runs fused (``jax.nn.dot_product_attention``: cuDNN flash attention on
         GPUs for bf16, XLA elsewhere, GQA without repeating K/V) and the pattern is None.
         """
-        q = apply_rotary(einsum("btm,mkgd->btkgd", x, self.wq[...]), cos, sin)
-        k = apply_rotary(einsum("btm,mkd->btkd", x, self.wk[...]), cos, sin)
+        q = einsum("btm,mkgd->btkgd", x, self.wq[...])
+        k = einsum("btm,mkd->btkd", x, self.wk[...])
         v = einsum("btm,mkd->btkd", x, self.wv[...])
+        if self.block.qkv_bias:
+            q, k, v = q + self.bq[...], k + self.bk[...], v + self.bv[...]
+        if self.block.qk_norm:
+            q = rms_norm(q, self.q_norm[...], self.eps, self.block.norm_offset)
+            k = rms_norm(k, self.k_norm[...], self.eps, self.block.norm_offset)
+        q, k = apply_rotary(q, cos, sin), apply_rotary(k, cos, sin)
+        visible = visible_keys(q.shape[1], window)
         if need_pattern:
-            pattern = self._pattern(q, k, layer_interventions, knockout_edges)
+            pattern = self._pattern(q, k, self.scale, visible, layer_interventions, knockout_edges)
             z = einsum("bkgts,bskd->btkgd", pattern.astype(v.dtype), v)
         else:
-            pattern, z = None, _fused_attention(q, k, v)
+            pattern, z = None, _fused_attention(q, k, v, self.scale, None if window is None else visible)
         if layer_interventions is not None:
             scale = layer_interventions["head_scale"][:, :, None]
             replacement = layer_interventions["head_replacement"]
@@ -63,11 +72,10 @@ class Attention(nnx.Module):
         return out, pattern, z
 
     @staticmethod
-    def _pattern(q, k, layer_interventions, knockout_edges) -> jax.Array:
-        """The materialised causal pattern f32[B, K, G, T, S], with knockouts and clamps applied."""
-        seq_len = q.shape[1]
-        logits = einsum("btkgd,bskd->bkgts", q, k).astype(jnp.float32) / math.sqrt(q.shape[-1])
-        causal = jnp.tril(jnp.ones((seq_len, seq_len), dtype=bool))
+    def _pattern(q, k, scale, causal, layer_interventions, knockout_edges) -> jax.Array:
+        """The materialised pattern f32[B, K, G, T, S] over the visible keys ``causal`` bool[T, S], with
+        knockouts and clamps applied."""
+        logits = einsum("btkgd,bskd->bkgts", q, k).astype(jnp.float32) * scale
         gate = None if knockout_edges is None or layer_interventions is None else layer_interventions["knockout_heads"]
         knockout = jnp.where(knockout_edges[:, None, None], KNOCKOUT_LOGIT, 0.0) if gate is not None else None
         if gate is not None and gate.dtype == jnp.bool_:
@@ -82,14 +90,24 @@ class Attention(nnx.Module):
         return pattern
 
 
-def _fused_attention(q: jax.Array, k: jax.Array, v: jax.Array) -> jax.Array:
-    """Causal GQA attention without a materialised pattern: q [B, T, K, G, D], k / v [B, S, K, D] -> z [B, T, K, G, D].
+def visible_keys(seq_len: int, window: jax.Array | None) -> jax.Array:
+    """bool[T, S]: key s is visible to query t when s <= t and, within a sliding ``window``, t - s < window."""
+    query = jnp.arange(seq_len)[:, None]
+    key = jnp.arange(seq_len)[None, :]
+    visible = key <= query
+    return visible if window is None else visible & (query - key < window)
+
+
+def _fused_attention(q: jax.Array, k: jax.Array, v: jax.Array, scale: float, visible: jax.Array | None) -> jax.Array:
+    """GQA attention without a materialised pattern: q [B, T, K, G, D], k / v [B, S, K, D] -> z [B, T, K, G, D],
+    causal, or over the keys ``visible`` bool[T, S] (a sliding window) when given.
 
     Flat query head h = k * G + g reads KV head k, as ``jax.nn.dot_product_attention`` groups them.
     Float32 inputs are multiplied in full float32 (the XLA path's einsums would default to TF32 on GPUs).
     """
     b, t, n_kv, g, d = q.shape
     full = q.dtype == jnp.float32
+    mask = None if visible is None else visible[None, None]
     with jax.default_matmul_precision("highest") if full else contextlib.nullcontext():
-        z = jax.nn.dot_product_attention(q.reshape(b, t, n_kv * g, d), k, v, is_causal=True)
+        z = jax.nn.dot_product_attention(q.reshape(b, t, n_kv * g, d), k, v, mask=mask, scale=scale, is_causal=visible is None)
     return z.reshape(b, t, n_kv, g, d)

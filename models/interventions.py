@@ -19,6 +19,10 @@ CAPTURE_NAMES = ("attn_pattern", "z", "resid_pre", "resid_mid", "resid_post")
 ``attn_pattern`` f32[L,B,K,G,T,S], ``z`` (per-head attention output before W_O) [L,B,T,K,G,D],
 ``resid_pre`` / ``resid_mid`` / ``resid_post`` [L,B,T,M] (before attention, after attention, after MLP)."""
 
+PER_LAYER = {"per_layer": True}
+"""Field metadata of the :class:`Interventions` fields with a leading [L] axis: the layer loop hands each layer
+its slice of exactly these (declared once, here, so a new per-layer field cannot be silently ignored)."""
+
 KNOCKOUT_LOGIT = -1e9
 """Added to the attention logit of a knocked-out edge: large and finite, so a fully masked row stays finite."""
 
@@ -44,14 +48,14 @@ class Interventions:
     copy_gain: f32[] logit added when every marked head attends to one key.
     """
 
-    head_scale: jax.Array
-    head_replacement: jax.Array
+    head_scale: jax.Array = dataclasses.field(metadata=PER_LAYER)
+    head_replacement: jax.Array = dataclasses.field(metadata=PER_LAYER)
     knockout_edges: jax.Array | None = None
-    knockout_heads: jax.Array | None = None
-    pattern_override: jax.Array | None = None
-    pattern_heads: jax.Array | None = None
+    knockout_heads: jax.Array | None = dataclasses.field(default=None, metadata=PER_LAYER)
+    pattern_override: jax.Array | None = dataclasses.field(default=None, metadata=PER_LAYER)
+    pattern_heads: jax.Array | None = dataclasses.field(default=None, metadata=PER_LAYER)
     copy_tokens: jax.Array | None = None
-    copy_heads: jax.Array | None = None
+    copy_heads: jax.Array | None = dataclasses.field(default=None, metadata=PER_LAYER)
     copy_gain: jax.Array | float = 1.0
 
     @classmethod
@@ -113,6 +117,11 @@ class Interventions:
             problems.append(f"pattern_override has shape {tuple(self.pattern_override.shape)}, expected [L,B,T,S] with L = {config.n_layers}")
         if problems:
             raise ValueError("bad interventions: " + "; ".join(problems))
+
+
+def per_layer_fields() -> tuple[str, ...]:
+    """Names of the :class:`Interventions` fields that the layer loop slices per layer (leading [L] axis)."""
+    return tuple(field.name for field in dataclasses.fields(Interventions) if field.metadata.get("per_layer"))
 
 
 def check_capture(capture: tuple[str, ...]) -> tuple[str, ...]:

@@ -1,14 +1,30 @@
-"""Building blocks shared by every decoder layer: RMSNorm and the SwiGLU MLP."""
+"""Building blocks shared by every decoder layer: parameters from the layout table, RMSNorm and the gated MLP."""
 
 from __future__ import annotations
+
+import functools
 
 import jax
 import jax.numpy as jnp
 from flax import nnx
 
 from circuits.models.config import ModelConfig
+from circuits.models.layout import PARAMS, canonical_shape, module_params
 
-WEIGHT_INIT = nnx.initializers.normal(stddev=0.02)
+ACTIVATION_FUNCTIONS = {"silu": jax.nn.silu, "gelu_tanh": functools.partial(jax.nn.gelu, approximate=True)}
+"""BlockSpec.activation -> function."""
+
+
+def create_params(module: nnx.Module, config: ModelConfig, where: str, *, dtype: jnp.dtype, rngs: nnx.Rngs) -> None:
+    """Give ``module`` every parameter the layout table places in ``where`` for ``config`` (in table order):
+    normal(0, 0.02) weights, zero biases, unit norm gains (0 where gains are offsets from 1)."""
+    for name in module_params(config, where):
+        shape, init = canonical_shape(name, config), PARAMS[name].init
+        if init == "normal":
+            value = nnx.initializers.normal(stddev=0.02)(rngs.params(), shape, dtype)
+        else:
+            value = jnp.full(shape, 0.0 if init == "zeros" else 1.0 - config.block.norm_offset, dtype)
+        setattr(module, name, nnx.Param(value))
 
 
 def einsum(spec: str, *operands: jax.Array, **options) -> jax.Array:
@@ -23,24 +39,24 @@ def einsum(spec: str, *operands: jax.Array, **options) -> jax.Array:
     return jnp.einsum(spec, *operands, precision=precision, **options)
 
 
-def rms_norm(x: jax.Array, scale: jax.Array, eps: float) -> jax.Array:
-    """RMSNorm over the last axis, statistics in f32, as HF's LlamaRMSNorm: scale * (x / rms(x))."""
+def rms_norm(x: jax.Array, gain: jax.Array, eps: float, offset: float = 0.0) -> jax.Array:
+    """RMSNorm over the last axis: ``(offset + gain) * x / rms(x)``, computed in f32 and returned in x.dtype
+    (``offset`` 1 for Gemma's stored gains, 0 for Llama's)."""
     xf = x.astype(jnp.float32)
     normed = xf * jax.lax.rsqrt(jnp.mean(xf * xf, axis=-1, keepdims=True) + eps)
-    return scale * normed.astype(x.dtype)
+    return ((offset + gain.astype(jnp.float32)) * normed).astype(x.dtype)
 
 
 class MLP(nnx.Module):
-    """SwiGLU feed-forward: ``(silu(x W_gate) * (x W_up)) W_down``; w_gate/w_up [M, F], w_down [F, M]."""
+    """Gated feed-forward: ``(act(x W_gate) * (x W_up)) W_down``, act from ``BlockSpec.activation`` (SwiGLU or
+    GeGLU); w_gate/w_up [M, F], w_down [F, M]."""
 
     def __init__(self, config: ModelConfig, *, dtype: jnp.dtype, rngs: nnx.Rngs):
-        m, f = config.d_model, config.d_mlp
-        self.w_gate = nnx.Param(WEIGHT_INIT(rngs.params(), (m, f), dtype))
-        self.w_up = nnx.Param(WEIGHT_INIT(rngs.params(), (m, f), dtype))
-        self.w_down = nnx.Param(WEIGHT_INIT(rngs.params(), (f, m), dtype))
+        self.activation = config.block.activation
+        create_params(self, config, "mlp", dtype=dtype, rngs=rngs)
 
     def __call__(self, x: jax.Array) -> jax.Array:
         """x [B, T, M] -> [B, T, M]."""
         gate = einsum("btm,mf->btf", x, self.w_gate[...])
         up = einsum("btm,mf->btf", x, self.w_up[...])
-        return einsum("btf,fm->btm", jax.nn.silu(gate) * up, self.w_down[...])
+        return einsum("btf,fm->btm", ACTIVATION_FUNCTIONS[self.activation](gate) * up, self.w_down[...])

@@ -1,38 +1,88 @@
-"""The canonical parameter layout, declared once: names, shapes, logical axes, parameter count, tensor sources.
+"""The canonical parameter layout, declared once: names, shapes, logical axes, where each parameter lives,
+how it is initialised, which block parts it belongs to, the families' block descriptions, parameter count
+and tensor sources.
 
 K = KV heads, G = query heads per KV head, N = K * G, D = head dim, M = d_model, F = MLP width,
 V = vocabulary. Flat query head ``h = k * G + g`` (HF order: head h reads KV head h // G).
 Per-layer parameters are stacked on a leading ``[L]`` axis in the model.
+
+A model family is data: a :class:`~circuits.models.config.BlockSpec` in :data:`FAMILY_BLOCKS`. The
+optional parameters below exist exactly when their block part does, and the forward, the readers' name
+tables, the sharding rules, the parameter count and the weight-only readers all follow this table.
 """
 
 from __future__ import annotations
 
-from typing import Protocol
+import dataclasses
+from typing import Callable, Protocol
 
 import numpy as np
 
-from circuits.models.config import ModelConfig
+from circuits.models.config import BlockSpec, ModelConfig
 
-GLOBAL_PARAMS = ("embed", "final_norm", "unembed")
-ATTENTION_PARAMS = ("wq", "wk", "wv", "wo")
-MLP_PARAMS = ("w_gate", "w_up", "w_down")
-LAYER_PARAMS = ("attn_norm", *ATTENTION_PARAMS, "mlp_norm", *MLP_PARAMS)
-
-PARAM_AXES: dict[str, tuple[str, ...]] = {
-    "embed": ("vocab", "d_model"),
-    "unembed": ("d_model", "vocab"),
-    "final_norm": ("d_model",),
-    "attn_norm": ("layers", "d_model"),
-    "mlp_norm": ("layers", "d_model"),
-    "wq": ("layers", "d_model", "kv_heads", "q_per_kv", "head_dim"),
-    "wk": ("layers", "d_model", "kv_heads", "head_dim"),
-    "wv": ("layers", "d_model", "kv_heads", "head_dim"),
-    "wo": ("layers", "kv_heads", "q_per_kv", "head_dim", "d_model"),
-    "w_gate": ("layers", "d_model", "mlp"),
-    "w_up": ("layers", "d_model", "mlp"),
-    "w_down": ("layers", "mlp", "d_model"),
+FAMILY_BLOCKS: dict[str, BlockSpec] = {
+    "llama": BlockSpec(),
+    "internlm2": BlockSpec(),
+    "qwen2": BlockSpec(qkv_bias=True),
+    "gemma3": BlockSpec(qk_norm=True, post_norms=True, norm_offset=1.0, activation="gelu_tanh", embed_scale=True),
 }
+"""Each family's block (by ``ModelConfig.architecture`` name): the one place a family's structure is stated."""
+
+
+def _always(config: ModelConfig) -> bool:
+    return True
+
+
+def _has_mlp(config: ModelConfig) -> bool:
+    return not config.attention_only
+
+
+@dataclasses.dataclass(frozen=True)
+class ParamSpec:
+    """One canonical parameter: its logical ``axes`` (``layers`` first for per-layer ones), the ``module``
+    holding it in :class:`~circuits.models.Transformer` (``model``, ``block``, ``attn`` or ``mlp``), its
+    ``init`` (``normal`` weights, ``zeros`` biases, ``norm`` gains: 1, or 0 where gains are offsets) and
+    ``present``, whether a model with a given config has it."""
+
+    axes: tuple[str, ...]
+    module: str
+    init: str
+    present: Callable[[ModelConfig], bool] = _always
+
+
+PARAMS: dict[str, ParamSpec] = {
+    "embed": ParamSpec(("vocab", "d_model"), "model", "normal"),
+    "final_norm": ParamSpec(("d_model",), "model", "norm"),
+    "unembed": ParamSpec(("d_model", "vocab"), "model", "normal", lambda c: not c.tie_embeddings),
+    "attn_norm": ParamSpec(("layers", "d_model"), "block", "norm"),
+    "wq": ParamSpec(("layers", "d_model", "kv_heads", "q_per_kv", "head_dim"), "attn", "normal"),
+    "wk": ParamSpec(("layers", "d_model", "kv_heads", "head_dim"), "attn", "normal"),
+    "wv": ParamSpec(("layers", "d_model", "kv_heads", "head_dim"), "attn", "normal"),
+    "wo": ParamSpec(("layers", "kv_heads", "q_per_kv", "head_dim", "d_model"), "attn", "normal"),
+    "bq": ParamSpec(("layers", "kv_heads", "q_per_kv", "head_dim"), "attn", "zeros", lambda c: c.block.qkv_bias),
+    "bk": ParamSpec(("layers", "kv_heads", "head_dim"), "attn", "zeros", lambda c: c.block.qkv_bias),
+    "bv": ParamSpec(("layers", "kv_heads", "head_dim"), "attn", "zeros", lambda c: c.block.qkv_bias),
+    "q_norm": ParamSpec(("layers", "head_dim"), "attn", "norm", lambda c: c.block.qk_norm),
+    "k_norm": ParamSpec(("layers", "head_dim"), "attn", "norm", lambda c: c.block.qk_norm),
+    "post_attn_norm": ParamSpec(("layers", "d_model"), "block", "norm", lambda c: c.block.post_norms),
+    "mlp_norm": ParamSpec(("layers", "d_model"), "block", "norm", _has_mlp),
+    "w_gate": ParamSpec(("layers", "d_model", "mlp"), "mlp", "normal", _has_mlp),
+    "w_up": ParamSpec(("layers", "d_model", "mlp"), "mlp", "normal", _has_mlp),
+    "w_down": ParamSpec(("layers", "mlp", "d_model"), "mlp", "normal", _has_mlp),
+    "post_mlp_norm": ParamSpec(("layers", "d_model"), "block", "norm", lambda c: c.block.post_norms and _has_mlp(c)),
+}
+"""Every canonical parameter a model of any family can have."""
+
+PARAM_AXES: dict[str, tuple[str, ...]] = {name: spec.axes for name, spec in PARAMS.items()}
 """Logical axes of every canonical parameter as stored in the model (per-layer ones with ``layers`` first)."""
+
+GLOBAL_PARAMS = tuple(name for name, spec in PARAMS.items() if spec.module == "model")
+LAYER_PARAMS = tuple(name for name, spec in PARAMS.items() if spec.module != "model")
+
+
+def module_params(config: ModelConfig, module: str) -> tuple[str, ...]:
+    """Names of the parameters that ``module`` (``model``, ``block``, ``attn``, ``mlp``) holds for ``config``."""
+    return tuple(name for name, spec in PARAMS.items() if spec.module == module and spec.present(config))
 
 
 def axis_sizes(config: ModelConfig) -> dict[str, int]:
@@ -56,9 +106,8 @@ def canonical_shape(name: str, config: ModelConfig) -> tuple[int, ...]:
 
 def expected_params(config: ModelConfig) -> tuple[tuple[str, ...], tuple[str, ...]]:
     """(global names, per-layer names) that a model with ``config`` has."""
-    global_names = tuple(n for n in GLOBAL_PARAMS if not (n == "unembed" and config.tie_embeddings))
-    layer_names = tuple(n for n in LAYER_PARAMS if not (config.attention_only and (n == "mlp_norm" or n in MLP_PARAMS)))
-    return global_names, layer_names
+    present = [name for name, spec in PARAMS.items() if spec.present(config)]
+    return tuple(n for n in present if n in GLOBAL_PARAMS), tuple(n for n in present if n in LAYER_PARAMS)
 
 
 def parameter_count(config: ModelConfig) -> int:

@@ -10,18 +10,19 @@ import numpy as np
 from circuits.models.config import ModelConfig
 
 
-def inverse_frequencies(config: ModelConfig, seq_len: int) -> np.ndarray:
-    """f32[D/2] inverse frequencies (radians per position) for a sequence of ``seq_len`` tokens.
+def inverse_frequencies(config: ModelConfig, seq_len: int, layer_type: str = "full_attention") -> np.ndarray:
+    """f32[D/2] inverse frequencies (radians per position) of layers of kind ``layer_type`` for a sequence of
+    ``seq_len`` tokens.
 
     ``seq_len`` only matters for dynamic NTK scaling, where the base grows once the
     sequence is longer than ``max_position_embeddings`` (a no-op below it).
     """
     dim = config.head_dim
-    scaling = config.rope_scaling
-    base = np.float32(config.rope_theta)
+    theta, scaling = config.rope_of(layer_type)
+    base = np.float32(theta)
     if scaling.kind == "dynamic" and seq_len > config.max_position_embeddings:
         ratio = scaling.factor * seq_len / config.max_position_embeddings - (scaling.factor - 1)
-        base = np.float32(config.rope_theta * ratio ** (dim / (dim - 2)))
+        base = np.float32(theta * ratio ** (dim / (dim - 2)))
     exponents = np.arange(0, dim, 2, dtype=np.float32) / np.float32(dim)
     inv_freq = (np.float32(1.0) / np.power(base, exponents)).astype(np.float32)
     if scaling.kind == "linear":
@@ -48,9 +49,10 @@ def _llama3_interpolation(inv_freq: np.ndarray, scaling) -> np.ndarray:
     return np.where(is_medium, smoothed, scaled).astype(np.float32)
 
 
-def rotary_tables(config: ModelConfig, seq_len: int) -> tuple[jnp.ndarray, jnp.ndarray]:
-    """(cos, sin), each f32[T, D]: angle of position t on pair (i, i + D/2) at columns i and i + D/2."""
-    inv_freq = jnp.asarray(inverse_frequencies(config, seq_len))
+def rotary_tables(config: ModelConfig, seq_len: int, layer_type: str = "full_attention") -> tuple[jnp.ndarray, jnp.ndarray]:
+    """(cos, sin), each f32[T, D]: angle of position t on pair (i, i + D/2) at columns i and i + D/2, for layers
+    of kind ``layer_type``."""
+    inv_freq = jnp.asarray(inverse_frequencies(config, seq_len, layer_type))
     angles = jnp.arange(seq_len, dtype=jnp.float32)[:, None] * inv_freq[None, :]
     angles = jnp.concatenate([angles, angles], axis=-1)
     return jnp.cos(angles), jnp.sin(angles)
@@ -65,3 +67,11 @@ def apply_rotary(x: jnp.ndarray, cos: jnp.ndarray, sin: jnp.ndarray) -> jnp.ndar
     rotated_half = jnp.concatenate([-xf[..., half:], xf[..., :half]], axis=-1)
     out = xf * cos.reshape(shape) + rotated_half * sin.reshape(shape)
     return out.astype(x.dtype)
+
+
+def layer_rotary_tables(config: ModelConfig, seq_len: int) -> tuple[jnp.ndarray, jnp.ndarray, np.ndarray]:
+    """(cos, sin) f32[R, T, D] for the R distinct attention kinds of ``config``, and int32[L]: each layer's row."""
+    kinds = sorted(set(config.layer_kinds))
+    tables = [rotary_tables(config, seq_len, kind) for kind in kinds]
+    rows = np.array([kinds.index(kind) for kind in config.layer_kinds], np.int32)
+    return jnp.stack([c for c, _ in tables]), jnp.stack([s for _, s in tables]), rows

@@ -1,4 +1,5 @@
-"""The decoder-only transformer (Llama layout) as a Flax NNX module with layers scanned by ``lax.scan``."""
+"""The decoder-only transformer (Llama layout and the block parts of :class:`~circuits.models.config.BlockSpec`)
+as a Flax NNX module with layers scanned by ``lax.scan``."""
 
 from __future__ import annotations
 
@@ -11,30 +12,32 @@ from flax import nnx
 
 from circuits.models.attention import Attention
 from circuits.models.config import ModelConfig
-from circuits.models.interventions import Interventions, check_capture
-from circuits.models.layers import MLP, WEIGHT_INIT, einsum, rms_norm
-from circuits.models.layout import ATTENTION_PARAMS, MLP_PARAMS
-from circuits.models.rope import rotary_tables
+from circuits.models.interventions import Interventions, check_capture, per_layer_fields
+from circuits.models.layers import MLP, create_params, einsum, rms_norm
+from circuits.models.layout import PARAMS
+from circuits.models.rope import layer_rotary_tables
 
 
 class DecoderBlock(nnx.Module):
-    """Pre-norm block: ``x + attn(norm(x))`` then ``x + mlp(norm(x))`` (no MLP when attention-only)."""
+    """Pre-norm block: ``x + attn(norm(x))`` then ``x + mlp(norm(x))`` (no MLP when attention-only); with
+    ``BlockSpec.post_norms`` each output is RMS-normalised again (``post_attn_norm``, ``post_mlp_norm``) before it
+    joins the residual, as in Gemma 3."""
 
     def __init__(self, config: ModelConfig, *, dtype: jnp.dtype, rngs: nnx.Rngs):
         self.eps = config.rms_norm_eps
-        self.attn_norm = nnx.Param(jnp.ones((config.d_model,), dtype))
+        self.block = config.block
+        create_params(self, config, "block", dtype=dtype, rngs=rngs)
         self.attn = Attention(config, dtype=dtype, rngs=rngs)
-        if config.attention_only:
-            self.mlp_norm = None
-            self.mlp = None
-        else:
-            self.mlp_norm = nnx.Param(jnp.ones((config.d_model,), dtype))
-            self.mlp = MLP(config, dtype=dtype, rngs=rngs)
+        self.mlp = None if config.attention_only else MLP(config, dtype=dtype, rngs=rngs)
 
-    def __call__(self, x, cos, sin, layer_interventions, knockout_edges, capture):
+    def _norm(self, name: str, x: jax.Array) -> jax.Array:
+        return rms_norm(x, getattr(self, name)[...], self.eps, self.block.norm_offset)
+
+    def __call__(self, x, cos, sin, layer_interventions, knockout_edges, capture, window=None):
         """x [B, T, M] -> (x [B, T, M], ({capture name: this layer's activation}, copy attention f32[B, T, S] or None)).
 
-        The copy attention is the summed pattern of this layer's ideal-copy heads (``Interventions.copy_heads``).
+        The copy attention is the summed pattern of this layer's ideal-copy heads (``Interventions.copy_heads``);
+        ``window``: this layer's sliding window int32[] (None: full causal attention).
         """
         captured = {}
         if "resid_pre" in capture:
@@ -43,13 +46,14 @@ class DecoderBlock(nnx.Module):
         clamps = layer_interventions is not None and layer_interventions.get("pattern_heads") is not None
         need_pattern = "attn_pattern" in capture or knockout_edges is not None or copies or clamps
         attn_out, pattern, z = self.attn(
-            rms_norm(x, self.attn_norm[...], self.eps), cos, sin, layer_interventions, knockout_edges, need_pattern
+            self._norm("attn_norm", x), cos, sin, layer_interventions, knockout_edges, need_pattern, window
         )
-        x = x + attn_out
+        x = x + (self._norm("post_attn_norm", attn_out) if self.block.post_norms else attn_out)
         if "resid_mid" in capture:
             captured["resid_mid"] = x
         if self.mlp is not None:
-            x = x + self.mlp(rms_norm(x, self.mlp_norm[...], self.eps))
+            mlp_out = self.mlp(self._norm("mlp_norm", x))
+            x = x + (self._norm("post_mlp_norm", mlp_out) if self.block.post_norms else mlp_out)
         if "resid_post" in capture:
             captured["resid_post"] = x
         if "attn_pattern" in capture:
@@ -63,7 +67,7 @@ class DecoderBlock(nnx.Module):
 
 
 class Transformer(nnx.Module):
-    """Llama-style decoder with explicit grouped-query attention.
+    """Llama-style decoder with explicit grouped-query attention and the block parts of ``config.block``.
 
     Parameters: the canonical layout of :mod:`circuits.models.layout`, per-layer ones stacked on a leading
     [L] axis under ``blocks`` (``blocks.attn.wq``, ``blocks.mlp.w_gate``, ...); ``unembed`` is None when
@@ -74,7 +78,7 @@ class Transformer(nnx.Module):
 
     def __init__(self, config: ModelConfig, *, dtype: jnp.dtype = jnp.float32, rngs: nnx.Rngs):
         self.config = config
-        self.embed = nnx.Param(WEIGHT_INIT(rngs.params(), (config.vocab_size, config.d_model), dtype))
+        self.embed = nnx.Param(nnx.initializers.normal(stddev=0.02)(rngs.params(), (config.vocab_size, config.d_model), dtype))
 
         @nnx.split_rngs(splits=config.n_layers)
         @nnx.vmap(in_axes=(0,), out_axes=0)
@@ -82,11 +86,11 @@ class Transformer(nnx.Module):
             return DecoderBlock(config, dtype=dtype, rngs=rngs)
 
         self.blocks = make_blocks(rngs)
-        self.final_norm = nnx.Param(jnp.ones((config.d_model,), dtype))
+        self.final_norm = nnx.Param(jnp.full((config.d_model,), 1.0 - config.block.norm_offset, dtype))
         self.unembed = (
             None
             if config.tie_embeddings
-            else nnx.Param(WEIGHT_INIT(rngs.params(), (config.d_model, config.vocab_size), dtype))
+            else nnx.Param(nnx.initializers.normal(stddev=0.02)(rngs.params(), (config.d_model, config.vocab_size), dtype))
         )
 
     @property
@@ -104,9 +108,10 @@ class Transformer(nnx.Module):
         """
         if name == "unembed":
             return self.unembedding()
-        if name in ("embed", "final_norm"):
+        module = PARAMS[name].module
+        if module == "model":
             return getattr(self, name)[...]
-        holder = self.blocks.attn if name in ATTENTION_PARAMS else self.blocks.mlp if name in MLP_PARAMS else self.blocks
+        holder = {"attn": self.blocks.attn, "mlp": self.blocks.mlp, "block": self.blocks}[module]
         return getattr(holder, name)[...][layer]
 
     def unembedding(self) -> jax.Array:
@@ -128,23 +133,29 @@ class Transformer(nnx.Module):
         """
         config = self.config
         seq_len = tokens.shape[1]
-        x = jnp.take(self.embed[...], tokens, axis=0) if embeddings is None else embeddings.astype(self.dtype)
-        cos, sin = rotary_tables(config, seq_len)
+        x = self.embed_tokens(tokens) if embeddings is None else embeddings.astype(self.dtype)
+        cos, sin, geometry = _layer_geometry(config, seq_len)
         per_layer, edges = _layer_interventions(interventions)
 
-        @nnx.scan(in_axes=(nnx.Carry, 0, 0), out_axes=(nnx.Carry, 0))
-        def run_layers(x, block, layer_interventions):
-            return block(x, cos, sin, layer_interventions, edges, capture)
+        @nnx.scan(in_axes=(nnx.Carry, 0, 0, 0), out_axes=(nnx.Carry, 0))
+        def run_layers(x, block, layer_interventions, layer):
+            return block(x, cos[layer["rope"]], sin[layer["rope"]], layer_interventions, edges, capture, layer.get("window"))
 
-        x, (captured, copy_attention) = run_layers(x, self.blocks, per_layer)
+        x, (captured, copy_attention) = run_layers(x, self.blocks, per_layer, geometry)
         logits = self.residual_logits(x)
         if copy_attention is not None:
             logits = logits + _ideal_copy_logits(copy_attention, interventions, config.vocab_size)
         return logits, captured
 
+    def embed_tokens(self, tokens: jax.Array) -> jax.Array:
+        """int tokens [B, T] -> the input residual stream [B, T, M] (times sqrt(M), in the model's dtype, with
+        ``BlockSpec.embed_scale``)."""
+        x = jnp.take(self.embed[...], tokens, axis=0)
+        return x * jnp.asarray(self.config.d_model**0.5, x.dtype) if self.config.block.embed_scale else x
+
     def residual_logits(self, x: jax.Array) -> jax.Array:
         """Final RMSNorm and unembedding: residual stream [..., M] -> f32 logits [..., V]."""
-        x = rms_norm(x, self.final_norm[...], self.config.rms_norm_eps)
+        x = rms_norm(x, self.final_norm[...], self.config.rms_norm_eps, self.config.block.norm_offset)
         return einsum("...m,mv->...v", x, self.unembedding()).astype(jnp.float32)
 
     def run_layers_from(self, x: jax.Array, first_layer: jax.Array | int, interventions: Interventions | None = None) -> jax.Array:
@@ -157,7 +168,7 @@ class Transformer(nnx.Module):
         """
         if interventions is not None and interventions.copy_heads is not None:
             raise ValueError("run_layers_from does not support ideal-copy interventions; use forward")
-        cos, sin = rotary_tables(self.config, x.shape[1])
+        cos, sin, geometry = _layer_geometry(self.config, x.shape[1])
         per_layer, edges = _layer_interventions(interventions)
         graphdef, state = nnx.split(self.blocks)
 
@@ -166,7 +177,9 @@ class Transformer(nnx.Module):
 
         def body(layer, x):
             block = nnx.merge(graphdef, layer_slice(state, layer))
-            x, _ = block(x, cos, sin, None if per_layer is None else layer_slice(per_layer, layer), edges, ())
+            here = layer_slice(geometry, layer)
+            x, _ = block(x, cos[here["rope"]], sin[here["rope"]], None if per_layer is None else layer_slice(per_layer, layer),
+                         edges, (), here.get("window"))
             return x
 
         return jax.lax.fori_loop(first_layer, self.config.n_layers, body, x)
@@ -190,8 +203,19 @@ def _layer_interventions(interventions: Interventions | None):
     """(per-layer fields {name: [L, ...] array or None}, knockout edges [B, T, S] or None) for the layer loop."""
     if interventions is None:
         return None, None
-    names = ("head_scale", "head_replacement", "knockout_heads", "pattern_override", "pattern_heads", "copy_heads")
-    return {name: getattr(interventions, name) for name in names}, interventions.knockout_edges
+    return {name: getattr(interventions, name) for name in per_layer_fields()}, interventions.knockout_edges
+
+
+def _layer_geometry(config: ModelConfig, seq_len: int):
+    """(cos, sin f32[R, T, D] of the R attention kinds, {"rope": int32[L] row of each layer, "window": int32[L]
+    keys each layer's query sees (only when a sliding window is shorter than the sequence)}): the per-layer data
+    scanned with the blocks."""
+    cos, sin, rows = layer_rotary_tables(config, seq_len)
+    geometry = {"rope": jnp.asarray(rows)}
+    if config.has_sliding_layers and config.sliding_window < seq_len:
+        windows = [config.sliding_window if kind == "sliding_attention" else seq_len for kind in config.layer_kinds]
+        geometry["window"] = jnp.asarray(windows, jnp.int32)
+    return cos, sin, geometry
 
 
 def _ideal_copy_logits(copy_attention: jax.Array, interventions: Interventions, vocab_size: int) -> jax.Array:

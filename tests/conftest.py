@@ -9,26 +9,38 @@ import os
 os.environ["XLA_FLAGS"] = (os.environ.get("XLA_FLAGS", "") + " --xla_force_host_platform_device_count=8").strip()
 
 import pytest  # noqa: E402
-from helpers import randomize_torch_model, tiny_llama_config  # noqa: E402
+from helpers import randomize_torch_model, tiny_gemma3_config, tiny_llama_config, tiny_qwen2_config  # noqa: E402
+
+FAMILIES = {"llama": ("LlamaForCausalLM", tiny_llama_config), "qwen2": ("Qwen2ForCausalLM", tiny_qwen2_config),
+            "gemma3": ("Gemma3ForCausalLM", tiny_gemma3_config)}
+"""Family name -> (transformers class name, tiny random config maker) of the reference models."""
 
 
 @pytest.fixture
-def make_llama(tmp_path):
-    """make_llama(name, dtype=torch.float32, max_shard_size=None, **config) -> (directory, torch model in eval mode)."""
+def make_hf(tmp_path):
+    """make_hf(family, name, dtype=torch.float32, max_shard_size=None, **config) -> (directory, torch model in eval
+    mode): a tiny transformers model of ``family`` with every parameter (biases and norm gains too) random."""
     import torch
-    from transformers import LlamaForCausalLM
+    import transformers
 
-    def make(name: str = "llama", dtype=torch.float32, max_shard_size=None, seed: int = 0, **overrides):
+    def make(family: str, name: str | None = None, dtype=torch.float32, max_shard_size=None, seed: int = 0, **overrides):
+        class_name, make_config = FAMILIES[family]
         torch.manual_seed(seed)
-        model = LlamaForCausalLM(tiny_llama_config(**overrides)).eval()
+        model = getattr(transformers, class_name)(make_config(**overrides)).eval()
         randomize_torch_model(model, seed)
         model = model.to(dtype)
-        directory = tmp_path / name
+        directory = tmp_path / (name or family)
         kwargs = {"max_shard_size": max_shard_size} if max_shard_size else {}
         model.save_pretrained(directory, **kwargs)
         return directory, model
 
     return make
+
+
+@pytest.fixture
+def make_llama(make_hf):
+    """make_llama(name, dtype=torch.float32, max_shard_size=None, **config) -> (directory, torch model in eval mode)."""
+    return lambda name="llama", **kwargs: make_hf("llama", name, **kwargs)
 
 
 

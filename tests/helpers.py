@@ -152,16 +152,29 @@ HF_TO_GGUF = {
     "self_attn.q_proj.weight": "attn_q.weight",
     "self_attn.k_proj.weight": "attn_k.weight",
     "self_attn.v_proj.weight": "attn_v.weight",
+    "self_attn.q_proj.bias": "attn_q.bias",
+    "self_attn.k_proj.bias": "attn_k.bias",
+    "self_attn.v_proj.bias": "attn_v.bias",
     "self_attn.o_proj.weight": "attn_output.weight",
     "post_attention_layernorm.weight": "ffn_norm.weight",
     "mlp.gate_proj.weight": "ffn_gate.weight",
     "mlp.up_proj.weight": "ffn_up.weight",
     "mlp.down_proj.weight": "ffn_down.weight",
 }
+GEMMA3_TO_GGUF = {
+    **HF_TO_GGUF,
+    "self_attn.q_norm.weight": "attn_q_norm.weight",
+    "self_attn.k_norm.weight": "attn_k_norm.weight",
+    "post_attention_layernorm.weight": "post_attention_norm.weight",
+    "pre_feedforward_layernorm.weight": "ffn_norm.weight",
+    "post_feedforward_layernorm.weight": "post_ffw_norm.weight",
+}
 
 
 def write_gguf(path, hf_model, qtype: str = "F32", arch: str = "llama", rope_freqs=None, drop=(), raw=None) -> None:
-    """Write a transformers Llama model as a llama.cpp-style GGUF file (Q/K permuted, 2-D weights in ``qtype``).
+    """Write a transformers model as a llama.cpp-style GGUF file, the way llama.cpp's converter does: Q/K rows
+    permuted for ``llama`` (not for the NEOX-rotation ``qwen2`` and ``gemma3``), Gemma's norm gains stored as
+    ``1 + w``, 2-D weights in ``qtype``.
 
     ``raw``: a function (shape) -> uint8 blocks used instead of quantizing (for types gguf cannot quantize);
     ``drop``: GGUF tensor names to leave out; ``rope_freqs``: optional f32[D/2] factors.
@@ -169,7 +182,7 @@ def write_gguf(path, hf_model, qtype: str = "F32", arch: str = "llama", rope_fre
     import gguf
 
     c = hf_model.config
-    head_dim = c.hidden_size // c.num_attention_heads
+    head_dim = getattr(c, "head_dim", None) or c.hidden_size // c.num_attention_heads
     writer = gguf.GGUFWriter(str(path), arch)
     writer.add_block_count(c.num_hidden_layers)
     writer.add_context_length(c.max_position_embeddings)
@@ -177,11 +190,21 @@ def write_gguf(path, hf_model, qtype: str = "F32", arch: str = "llama", rope_fre
     writer.add_feed_forward_length(c.intermediate_size)
     writer.add_head_count(c.num_attention_heads)
     writer.add_head_count_kv(c.num_key_value_heads)
-    writer.add_rope_freq_base(float(c.rope_parameters["rope_theta"] if getattr(c, "rope_parameters", None) else c.rope_theta))
+    rope = c.rope_parameters.get("full_attention", c.rope_parameters) if getattr(c, "rope_parameters", None) else {"rope_theta": c.rope_theta}
+    writer.add_rope_freq_base(float(rope["rope_theta"]))
+    if rope.get("rope_type") == "linear":
+        writer.add_rope_scaling_type(gguf.RopeScalingType.LINEAR)
+        writer.add_rope_scaling_factor(float(rope["factor"]))
     writer.add_layer_norm_rms_eps(c.rms_norm_eps)
     writer.add_rope_dimension_count(head_dim)
     writer.add_vocab_size(c.vocab_size)
     writer.add_file_type(0)
+    names = HF_TO_GGUF
+    if arch == "gemma3":  # what llama.cpp writes for Gemma 3: the window and head size, not the layer pattern
+        names = GEMMA3_TO_GGUF
+        writer.add_sliding_window(c.sliding_window)
+        writer.add_key_length(head_dim)
+        writer.add_value_length(head_dim)
     qt = gguf.GGMLQuantizationType[qtype]
     for name, tensor in hf_model.state_dict().items():
         array = tensor.float().numpy()
@@ -189,13 +212,15 @@ def write_gguf(path, hf_model, qtype: str = "F32", arch: str = "llama", rope_fre
             continue
         if name.startswith("model.layers."):
             layer, rest = name[len("model.layers."):].split(".", 1)
-            gguf_name = f"blk.{layer}.{HF_TO_GGUF[rest]}"
-            if rest == "self_attn.q_proj.weight":
+            gguf_name = f"blk.{layer}.{names[rest]}"
+            if arch in ("llama", "internlm2") and rest == "self_attn.q_proj.weight":
                 array = llama_cpp_permute(array, c.num_attention_heads)
-            elif rest == "self_attn.k_proj.weight":
+            elif arch in ("llama", "internlm2") and rest == "self_attn.k_proj.weight":
                 array = llama_cpp_permute(array, c.num_key_value_heads)
         else:
-            gguf_name = HF_TO_GGUF[name]
+            gguf_name = names[name]
+        if arch == "gemma3" and name.endswith("norm.weight"):
+            array = array + 1.0
         if gguf_name in drop:
             continue
         if array.ndim == 1 or qt == gguf.GGMLQuantizationType.F32:
@@ -209,6 +234,29 @@ def write_gguf(path, hf_model, qtype: str = "F32", arch: str = "llama", rope_fre
     writer.write_kv_data_to_file()
     writer.write_tensors_to_file()
     writer.close()
+
+
+def tiny_qwen2_config(**overrides):
+    from transformers import Qwen2Config
+
+    settings = dict(vocab_size=256, hidden_size=64, intermediate_size=96, num_hidden_layers=2, num_attention_heads=8,
+                    num_key_value_heads=2, max_position_embeddings=1024, rms_norm_eps=1e-5, tie_word_embeddings=False,
+                    rope_parameters=dict(rope_type="default", rope_theta=50000.0))
+    settings.update(overrides)
+    return Qwen2Config(**settings)
+
+
+def tiny_gemma3_config(**overrides):
+    """Six layers (five sliding, one full, as Gemma 3 alternates them), a window of 16, MQA, head_dim 24 != 64 / 4."""
+    from transformers import Gemma3TextConfig
+
+    settings = dict(vocab_size=256, hidden_size=64, intermediate_size=96, num_hidden_layers=6, num_attention_heads=4,
+                    num_key_value_heads=1, head_dim=24, query_pre_attn_scalar=20, sliding_window=16, max_position_embeddings=1024,
+                    rms_norm_eps=1e-6,
+                    rope_parameters={"full_attention": dict(rope_type="linear", rope_theta=1e6, factor=2.0),
+                                     "sliding_attention": dict(rope_type="default", rope_theta=1e4)})
+    settings.update(overrides)
+    return Gemma3TextConfig(**settings)
 
 
 def greedy_continuation(model, prompt: list[int], max_new_tokens: int, stop: int | None = None) -> list[int]:
