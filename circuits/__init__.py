@@ -3,7 +3,8 @@
 The public face, imported lazily so that ``import circuits.models`` stays light:
 
 - :func:`load` (a model), :func:`open_weights` (a streamed tensor source for weight-only
-  analysis), :func:`load_tokenizer` (from :mod:`circuits.convert`);
+  analysis), :func:`load_tokenizer`, :func:`provenance`, and :func:`open_checkpoint` (a path resolved once
+  into a handle that does all four) (from :mod:`circuits.convert`);
 - :func:`report` (the weight-only prediction validated by forward passes, :mod:`circuits.report`);
 - sub-packages :mod:`circuits.models`, :mod:`circuits.convert`, :mod:`circuits.analysis`,
   and one per experiment: :mod:`circuits.report`, :mod:`circuits.icl`, :mod:`circuits.formation`.
@@ -18,6 +19,8 @@ __version__ = "0.1.0"
 _PUBLIC = {
     "load": "circuits.convert.loading",
     "open_weights": "circuits.convert.loading",
+    "open_checkpoint": "circuits.convert.loading",
+    "provenance": "circuits.convert.loading",
     "load_tokenizer": "circuits.convert.tokenizer",
 }
 _SUBPACKAGES = {"models", "convert", "analysis", "report", "icl", "formation"}

@@ -41,25 +41,37 @@ USER_ERRORS = (
 
 
 def _convert(args: argparse.Namespace) -> None:
-    from circuits.convert.loading import load, resolve
+    from circuits.convert.loading import open_checkpoint
     from circuits.convert.orbax_cache import check_destination, save_cache
+    from circuits.convert.tokenizer import TokenizerError
 
-    source = resolve(args.source)
-    check_destination(args.destination, overwrite=args.force, source=source)
-    model = load(source, dtype=args.dtype)
-    destination = save_cache(model, args.destination, overwrite=args.force, source=source)
-    print(f"wrote {destination}")
+    checkpoint = open_checkpoint(args.source)
+    check_destination(args.destination, overwrite=args.force, source=checkpoint.path)
+    try:
+        tokenizer = checkpoint.tokenizer()  # kept in the cache, so that it serves `circuits icl` too
+    except TokenizerError:
+        tokenizer = None
+    model = checkpoint.load(dtype=args.dtype)
+    destination = save_cache(model, args.destination, overwrite=args.force, source=checkpoint.path, tokenizer=tokenizer)
+    print(f"wrote {destination}" + ("" if tokenizer is not None else " (the source has no tokenizer)"))
 
 
 def _info(args: argparse.Namespace) -> None:
-    from circuits.convert.loading import load, provenance
+    from circuits.convert.build import resolve_dtype
+    from circuits.convert.loading import open_checkpoint
+    from circuits.models.layout import parameter_count
+    from circuits.models.sharding import check_mesh_fits
 
-    model = load(args.model, dtype=args.dtype, mesh=parse_mesh(args.mesh) if args.mesh else None)
-    for key, value in provenance(args.model).items():
+    checkpoint = open_checkpoint(args.model)
+    config = checkpoint.config  # metadata only: no weight is read
+    if args.mesh:
+        check_mesh_fits(parse_mesh(args.mesh), config.n_kv_heads)
+    for key, value in checkpoint.provenance().items():
         print(f"{key:>26}: {value}")
-    for key, value in model.config.to_dict().items():
+    for key, value in config.to_dict().items():
         print(f"{key:>26}: {value}")
-    print(f"{'loaded as':>26}: {model.dtype}")
+    print(f"{'parameters':>26}: {parameter_count(config):,}")
+    print(f"{'loads as':>26}: {resolve_dtype(args.dtype, checkpoint.dtype)}")
 
 
 def _analyze(args: argparse.Namespace) -> None:
@@ -159,14 +171,14 @@ def _icl(args: argparse.Namespace) -> None:
     from rich.console import Console
     from rich.table import Table
 
-    from circuits.convert.loading import load
-    from circuits.convert.tokenizer import load_tokenizer
+    from circuits.convert.loading import open_checkpoint
     from circuits.icl.experiment import QUICK, ICLResult, ICLSettings, run_icl
 
     if args.out:
         ICLResult.check_output(args.out)
-    tokenizer = load_tokenizer(args.model)
-    model = load(args.model, dtype=args.dtype)
+    checkpoint = open_checkpoint(args.model)
+    tokenizer = checkpoint.tokenizer()
+    model = checkpoint.load(dtype=args.dtype)
     result = run_icl(model, tokenizer, str(args.model), QUICK if args.quick else ICLSettings())
     table = Table(title=f"In-context learning with induction heads removed: {args.model}")
     for column in ("task", "condition", "accuracy", "drop vs no ablation", "std over seeds"):
@@ -256,10 +268,10 @@ def build_parser() -> argparse.ArgumentParser:
     _add_dtype(convert, "store the cache in this dtype")
     convert.add_argument("--force", action="store_true", help="replace an existing cache written by circuits convert")
 
-    info = command("info", "load a checkpoint and print where it comes from and its configuration", _info)
+    info = command("info", "print where a checkpoint comes from, its configuration and parameter count (reads metadata only)", _info)
     _add_model(info)
-    _add_dtype(info, "load in this dtype")
-    info.add_argument("--mesh", default=None, help="shard onto devices, e.g. data=1,model=8")
+    _add_dtype(info, "the dtype it would load in")
+    info.add_argument("--mesh", default=None, help="check that it would shard onto these devices, e.g. data=1,model=8")
 
     analyze = command("analyze", "predict induction heads and circuits from the weights alone (streams the weights)", _analyze)
     _add_model(analyze)

@@ -1,10 +1,12 @@
-"""``circuits.load``: one entry point for every checkpoint format."""
+"""One entry point for every checkpoint format: a path resolved once into a :class:`Checkpoint`, and the
+``circuits.load`` / ``open_weights`` / ``provenance`` faces over it."""
 
 from __future__ import annotations
 
 from pathlib import Path
 
 import jax
+import jax.numpy as jnp
 from flax import nnx
 from jax.sharding import Mesh
 
@@ -13,8 +15,10 @@ from circuits.convert.errors import CheckpointError
 from circuits.convert.gguf_checkpoint import GGUFCheckpoint
 from circuits.convert.hf_checkpoint import HFCheckpoint
 from circuits.convert.named_models import NAMED_MODELS, fetch_named_model
-from circuits.convert.orbax_cache import cache_dtype, is_cache, load_cache
+from circuits.convert.orbax_cache import cache_config, cache_dtype, is_cache, load_cache
+from circuits.models.config import ModelConfig
 from circuits.models.demo import DEMO_NAME, planted_induction_model
+from circuits.models.layout import TensorSource
 from circuits.models.transformer import Transformer
 from circuits.utils import remove_stale_partials
 
@@ -52,7 +56,105 @@ def checkpoint_kind(path: str | Path) -> str:
     raise CheckpointError(path, [f"unknown checkpoint format {path.suffix or path.name!r}"], f"give {', '.join(FORMATS)}")
 
 
-def load(path: str | Path, *, dtype=None, mesh: Mesh | None = None, show_progress: bool = True) -> Transformer:
+class Checkpoint:
+    """A checkpoint path resolved once (a named model fetched, its kind detected), and everything done with it:
+    :attr:`config` (metadata only), :meth:`provenance`, :meth:`weights` (a tensor source), :meth:`load` (a
+    model) and :meth:`tokenizer`. The HF or GGUF reader is opened once and shared by all of them, and a model
+    loaded once serves as the tensor source afterwards (a GGUF file is dequantised once).
+    """
+
+    def __init__(self, path: str | Path):
+        self.source = str(path)
+        self.path = Path(resolve(path))
+        self.kind = checkpoint_kind(self.path)
+        self._reader: HFCheckpoint | GGUFCheckpoint | None = None
+        self._model: Transformer | None = None
+
+    def reader(self) -> HFCheckpoint | GGUFCheckpoint:
+        """The HF or GGUF reader (memory-mapped, nothing read yet), opened on first use."""
+        if self.kind not in ("hf", "gguf"):
+            raise ValueError(f"{self.source} is a {self.kind} checkpoint, which has no streaming reader")
+        if self._reader is None:
+            self._reader = GGUFCheckpoint(self.path) if self.kind == "gguf" else HFCheckpoint(self.path)
+        return self._reader
+
+    @property
+    def config(self) -> ModelConfig:
+        """The model's config, read from metadata alone (no weights are loaded)."""
+        if self._model is not None:
+            return self._model.config
+        if self.kind == "demo":
+            return planted_induction_model().config
+        if self.kind == "cache":
+            return cache_config(self.path)
+        return self.reader().config
+
+    @property
+    def dtype(self):
+        """The dtype the model loads in by default (the checkpoint's own; float32 for quantised GGUF files)."""
+        if self.kind == "demo":
+            return jnp.dtype(jnp.float32)
+        if self.kind == "cache":
+            return resolve_dtype(cache_dtype(self.path), None)
+        return self.reader().dtype
+
+    def load(self, *, dtype=None, mesh: Mesh | None = None, show_progress: bool = True) -> Transformer:
+        """The model as a :class:`Transformer` (see :func:`load`); kept, so a later :meth:`weights` reuses it."""
+        if self.kind == "demo":
+            if mesh is not None:
+                raise ValueError("the demo model is tiny; load it without a mesh")
+            model = planted_induction_model()
+            model = model if dtype is None else _cast(model, resolve_dtype(dtype, None))
+        elif self.kind == "cache":
+            model = load_cache(self.path, dtype=dtype, mesh=mesh)
+        else:
+            model = build_transformer(self.reader(), dtype=dtype, mesh=mesh, show_progress=show_progress)
+        self._model = model
+        return model
+
+    def weights(self, *, show_progress: bool = True) -> TensorSource:
+        """A tensor source for weight-only analysis: the model if it is loaded already, else HF and GGUF
+        checkpoints memory-mapped and streamed (never loaded whole); caches and the demo model are loaded."""
+        if self._model is not None:
+            return self._model
+        if self.kind in ("hf", "gguf"):
+            return self.reader()
+        return self.load(show_progress=show_progress)
+
+    def provenance(self) -> dict[str, str]:
+        """Where the weights come from: ``source`` (as given), ``file`` (resolved), ``format`` (with the stored
+        number format and any quantisation), for a named model its ``description`` and ``licence``, and for a
+        GGUF file the hyper-parameters it left out and that took the architecture's defaults (``defaults``)."""
+        facts = {"source": self.source}
+        if self.source in NAMED_MODELS:
+            facts["description"] = NAMED_MODELS[self.source].description
+            facts["licence"] = NAMED_MODELS[self.source].licence
+        facts["file"] = str(self.path)
+        if self.kind == "demo":
+            facts["format"] = "planted demo model, built in code, float32"
+        elif self.kind == "cache":
+            facts["format"] = f"Orbax cache written by circuits convert, {cache_dtype(self.path)}"
+        else:
+            facts["format"] = self.reader().storage
+            defaults = getattr(self.reader(), "defaults", None)
+            if defaults:
+                facts["defaults"] = ", ".join(f"{name}={value}" for name, value in defaults.items())
+        return facts
+
+    def tokenizer(self):
+        """The model's ``tokenizers.Tokenizer`` (see :func:`circuits.convert.tokenizer.load_tokenizer`)."""
+        from circuits.convert.tokenizer import tokenizer_at
+
+        opened = self._reader.file if isinstance(self._reader, GGUFCheckpoint) else None  # a vocabulary needs no valid model
+        return tokenizer_at(self.path, self.kind, opened)
+
+
+def open_checkpoint(path: str | Path | Checkpoint) -> Checkpoint:
+    """``path`` resolved once into a :class:`Checkpoint` (a Checkpoint is returned as it is)."""
+    return path if isinstance(path, Checkpoint) else Checkpoint(path)
+
+
+def load(path: str | Path | Checkpoint, *, dtype=None, mesh: Mesh | None = None, show_progress: bool = True) -> Transformer:
     """Load a checkpoint as a :class:`Transformer` (with ``.config``).
 
     path: see ``FORMATS``; e.g. ``"smollm2-135m"``, ``"model.gguf"``, ``"Meta-Llama-3-8B/"``.
@@ -60,17 +162,7 @@ def load(path: str | Path, *, dtype=None, mesh: Mesh | None = None, show_progres
     (float32 for quantized GGUF files).
     mesh: a ``("data", "model")`` mesh (see :func:`circuits.models.make_mesh`) to shard onto.
     """
-    path = resolve(path)
-    kind = checkpoint_kind(path)
-    if kind == "demo":
-        if mesh is not None:
-            raise ValueError("the demo model is tiny; load it without a mesh")
-        model = planted_induction_model()
-        return model if dtype is None else _cast(model, resolve_dtype(dtype, None))
-    if kind == "cache":
-        return load_cache(path, dtype=dtype, mesh=mesh)
-    source = GGUFCheckpoint(path) if kind == "gguf" else HFCheckpoint(path)
-    return build_transformer(source, dtype=dtype, mesh=mesh, show_progress=show_progress)
+    return open_checkpoint(path).load(dtype=dtype, mesh=mesh, show_progress=show_progress)
 
 
 def _cast(model: Transformer, dtype) -> Transformer:
@@ -79,36 +171,12 @@ def _cast(model: Transformer, dtype) -> Transformer:
     return nnx.merge(graphdef, jax.tree.map(lambda x: x.astype(dtype), state))
 
 
-def provenance(path: str | Path, opened=None) -> dict[str, str]:
-    """Where a model's weights come from: ``source`` (as given), ``file`` (resolved), ``format`` (with the
-    stored number format and any quantisation) and, for a named model, its ``description``.
-
-    ``opened``: the checkpoint reader already open on ``path`` (e.g. from :func:`open_weights`), so it is
-    not opened twice."""
-    name = str(path)
-    facts = {"source": name}
-    if name in NAMED_MODELS:
-        facts["description"] = NAMED_MODELS[name].description
-    resolved = resolve(path)
-    kind = checkpoint_kind(resolved)
-    facts["file"] = str(resolved)
-    if kind == "demo":
-        facts["format"] = "planted demo model, built in code, float32"
-    elif kind == "cache":
-        facts["format"] = f"Orbax cache written by circuits convert, {cache_dtype(resolved)}"
-    else:
-        reader = opened if isinstance(opened, (GGUFCheckpoint, HFCheckpoint)) else (GGUFCheckpoint if kind == "gguf" else HFCheckpoint)(resolved)
-        facts["format"] = reader.storage
-    return facts
+def provenance(path: str | Path | Checkpoint) -> dict[str, str]:
+    """Where a model's weights come from (see :meth:`Checkpoint.provenance`)."""
+    return open_checkpoint(path).provenance()
 
 
-def open_weights(path: str | Path, *, show_progress: bool = True):
+def open_weights(path: str | Path | Checkpoint, *, show_progress: bool = True) -> TensorSource:
     """A tensor source for weight-only analysis: HF and GGUF checkpoints are memory-mapped and
     streamed (never loaded whole); caches and the demo model are loaded."""
-    path = resolve(path)
-    kind = checkpoint_kind(path)
-    if kind == "hf":
-        return HFCheckpoint(path)
-    if kind == "gguf":
-        return GGUFCheckpoint(path)
-    return load(path, show_progress=show_progress)
+    return open_checkpoint(path).weights(show_progress=show_progress)

@@ -59,8 +59,10 @@ def check_destination(destination: str | Path, *, overwrite: bool, source: str |
     return destination
 
 
-def save_cache(model: Transformer, destination: str | Path, *, overwrite: bool = False, source: str | Path | None = None) -> Path:
-    """Write ``model`` to ``destination`` (a new directory, or with ``overwrite`` an existing cache).
+def save_cache(model: Transformer, destination: str | Path, *, overwrite: bool = False, source: str | Path | None = None,
+               tokenizer=None) -> Path:
+    """Write ``model`` to ``destination`` (a new directory, or with ``overwrite`` an existing cache), with
+    ``tokenizer`` (a ``tokenizers.Tokenizer``, if the source has one) as its ``tokenizer.json``.
 
     The cache is written to a hidden sibling and swapped in: an old cache is renamed aside, the new one
     renamed into place, then the old one deleted, so an interrupt never leaves a half cache under the
@@ -81,10 +83,17 @@ def save_cache(model: Transformer, destination: str | Path, *, overwrite: bool =
         meta = {"format_version": FORMAT_VERSION, "dtype": str(model.dtype), "config": model.config.to_dict(),
                 "checksums": _checksums(params)}
         (staging / MARKER).write_text(json.dumps(meta, indent=2))
+        if tokenizer is not None:
+            tokenizer.save(str(staging / "tokenizer.json"))
         swap_in(staging, destination, retired)
     finally:
         shutil.rmtree(staging, ignore_errors=True)
     return destination
+
+
+def cache_config(path: str | Path) -> ModelConfig:
+    """The config a cache was written with (from its marker file; no array is read)."""
+    return _read_marker(Path(path).absolute())[0]
 
 
 def cache_dtype(path: str | Path) -> str:

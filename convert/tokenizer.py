@@ -17,11 +17,14 @@ from pathlib import Path
 from tokenizers import Regex, Tokenizer, decoders, models, normalizers, pre_tokenizers, processors
 
 from circuits.convert.gguf_checkpoint import open_gguf
-from circuits.convert.gguf_file import ArrayField
+from circuits.convert.gguf_file import ArrayField, GGUFFile
 
 LLAMA3_PATTERN = (
     r"(?i:'s|'t|'re|'ve|'m|'ll|'d)|[^\r\n\p{L}\p{N}]?\p{L}+|\p{N}{1,3}| ?[^\s\p{L}\p{N}]+[\r\n]*|\s*[\r\n]+|\s+(?!\S)|\s+"
 )
+
+
+TOKENIZER_FILE = "tokenizer.json"
 
 
 class TokenizerError(ValueError):
@@ -115,10 +118,11 @@ def tokenizer_from_sentencepiece(path: str | Path) -> Tokenizer:
                                    remove_extra_whitespaces=proto.normalizer_spec.remove_extra_whitespaces)
 
 
-def tokenizer_from_gguf(path: str | Path) -> Tokenizer:
+def tokenizer_from_gguf(path: str | Path | GGUFFile) -> Tokenizer:
     """The tokenizer stored in a GGUF file's ``tokenizer.ggml.*`` metadata: byte-level BPE (``gpt2``) or
-    SentencePiece (``llama``)."""
-    file = open_gguf(Path(path))
+    SentencePiece (``llama``); ``path`` may be the file already open."""
+    file = path if isinstance(path, GGUFFile) else open_gguf(Path(path))
+    path = file.path
     kind = _field(file, "tokenizer.ggml.model")
     missing = [key for key in ("tokenizer.ggml.tokens", "tokenizer.ggml.token_type") + (("tokenizer.ggml.scores",) if kind == "llama" else
                ("tokenizer.ggml.merges",)) if not isinstance(_field(file, key), list)]
@@ -151,21 +155,30 @@ def tokenizer_from_gguf(path: str | Path) -> Tokenizer:
     return tokenizer
 
 
-def load_tokenizer(path: str | Path) -> Tokenizer:
-    """The tokenizer of a model name, GGUF file, or HF directory (its ``tokenizer.json``, else its SentencePiece
-    ``tokenizer.model``)."""
-    from circuits.convert.loading import DEMO_NAME, resolve
+def tokenizer_at(path: Path, kind: str, gguf_file: GGUFFile | None = None) -> Tokenizer:
+    """The tokenizer of a resolved checkpoint of ``kind`` (see :class:`circuits.convert.loading.Checkpoint`): from
+    a GGUF file's metadata (``gguf_file``: that file already open), else the directory's ``tokenizer.json`` (a convert cache keeps its source's), else
+    its SentencePiece ``tokenizer.model``."""
+    from circuits.convert.loading import DEMO_NAME
 
-    if str(path) == DEMO_NAME:
+    if kind == "demo":
         raise TokenizerError(f"the {DEMO_NAME!r} model is planted by hand over a toy vocabulary and has no tokenizer; "
                              "fix: use a real checkpoint, e.g. smollm2-135m")
-    path = Path(resolve(path))
-    if path.suffix == ".gguf":
-        return tokenizer_from_gguf(path)
+    if kind == "gguf":
+        return tokenizer_from_gguf(gguf_file or path)
     directory = path if path.is_dir() else path.parent
-    if (directory / "tokenizer.json").is_file():
-        return Tokenizer.from_file(str(directory / "tokenizer.json"))
+    if (directory / TOKENIZER_FILE).is_file():
+        return Tokenizer.from_file(str(directory / TOKENIZER_FILE))
     if (directory / "tokenizer.model").is_file():
         return tokenizer_from_sentencepiece(directory / "tokenizer.model")
-    raise TokenizerError(f"{path}: no tokenizer.json or SentencePiece tokenizer.model found. "
-                         f"Fix: copy the model's tokenizer.json or tokenizer.model into {directory}")
+    fix = ("convert the source again (caches keep the tokenizer of a source that has one)" if kind == "cache" else
+           f"copy the model's tokenizer.json or tokenizer.model into {directory}")
+    raise TokenizerError(f"{path}: no tokenizer.json or SentencePiece tokenizer.model found. Fix: {fix}")
+
+
+def load_tokenizer(path) -> Tokenizer:
+    """The tokenizer of a model name, GGUF file, HF directory (its ``tokenizer.json``, else its SentencePiece
+    ``tokenizer.model``), convert cache, or :class:`~circuits.convert.loading.Checkpoint`."""
+    from circuits.convert.loading import open_checkpoint
+
+    return open_checkpoint(path).tokenizer()

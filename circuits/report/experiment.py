@@ -229,34 +229,34 @@ def report(
 ) -> CircuitReport:
     """Build a :class:`CircuitReport` for ``model`` (a path, model name, or a loaded Transformer).
 
-    HF and GGUF checkpoints are streamed for the weight-only part; validation (on by default) then
-    loads the model once (onto ``mesh`` if given) and runs the forward passes. ``k``: how many heads
+    The checkpoint is opened once. Without validation HF and GGUF checkpoints are streamed for the weight-only
+    part; validation (on by default) loads the model once (onto ``mesh`` if given), and that model serves both
+    the weight-only part and the forward passes (a GGUF file is dequantised once). ``k``: how many heads
     count as "top" (default: 3% of all heads).
     """
-    from circuits.convert.loading import checkpoint_kind, load, open_weights, provenance, resolve
+    from circuits.convert.loading import open_checkpoint
     from circuits.models.transformer import Transformer
 
     if isinstance(model, Transformer):
-        name, path, loaded = model.description, None, model
+        name, loaded = model.description, model
         source, origin = model, {"source": name, "format": "a model in memory"}
     else:
-        name, path = str(model), resolve(model)
-        loaded = None if checkpoint_kind(path) in ("hf", "gguf") else load(path, dtype=dtype, mesh=mesh, show_progress=show_progress)
-        source = loaded if loaded is not None else open_weights(path, show_progress=show_progress)
-        origin = provenance(model, opened=source)
+        checkpoint = open_checkpoint(model)
+        name, origin = checkpoint.source, checkpoint.provenance()
+        if validate:
+            _check_validation_fits(checkpoint.config, dtype if dtype is not None else checkpoint.dtype, mesh)
+        streamed = checkpoint.kind in ("hf", "gguf") and not validate  # else the loaded model serves both parts
+        loaded = None if streamed else checkpoint.load(dtype=dtype, mesh=mesh, show_progress=show_progress)
+        source = loaded if loaded is not None else checkpoint.weights(show_progress=show_progress)
     config = source.config
-    if validate and loaded is None:
-        _check_validation_fits(config, dtype if dtype is not None else source.dtype, mesh)
     k = k or heads_for_fraction(config.n_layers, config.n_heads, 0.03)
     if not 0 < k <= config.n_layers * config.n_heads:
         raise ValueError(f"top k = {k} heads, but the model has {config.n_layers * config.n_heads}; fix: choose 1 to "
                          f"{config.n_layers * config.n_heads} (--top)")
     prediction = predict_induction(source, fold_norms=fold_norms, n_edges=max(20, k), show_progress=show_progress)
-    del source  # the streamed reader is closed before the model is loaded: never two copies
+    del source
     validation = None
     if validate:
-        if loaded is None:
-            loaded = load(path, dtype=dtype, mesh=mesh, show_progress=show_progress)
         validation = validate_prediction(loaded, prediction.predicted_induction.scores, k, source_heads=prediction.source_heads,
                                          confirm_threshold=confirm_threshold, show_progress=show_progress)
     analysed_in = str(loaded.dtype) if loaded is not None else f"{prediction.preprocessing.weights_dtype} (streamed)"

@@ -199,11 +199,19 @@ def test_an_8_mb_vocabulary_with_broken_metadata_is_refused_in_seconds(tmp_path)
 
 
 @pytest.mark.parametrize("qtype, storage", [("F32", "GGUF, F32"), ("Q8_0", "GGUF, Q8_0, dequantised to float32 on reading")])
-def test_provenance_names_the_format_and_reuses_an_open_reader(tmp_path, qtype, storage):
-    from circuits.convert import provenance
+def test_provenance_names_the_format_and_one_handle_opens_the_file_once(tmp_path, qtype, storage, monkeypatch):
+    from circuits.convert import gguf_checkpoint, open_checkpoint, provenance
 
     path = tmp_path / "m.gguf"
     write_gguf(path, hf_model(), qtype)
     facts = provenance(path)
     assert facts == {"source": str(path), "file": str(path), "format": storage}
-    assert provenance(path, opened=circuits.open_weights(path)) == facts
+    opened = []
+    monkeypatch.setattr(gguf_checkpoint, "open_gguf", lambda p, real=gguf_checkpoint.open_gguf: opened.append(p) or real(p))
+    checkpoint = open_checkpoint(path)
+    assert checkpoint.provenance() == facts
+    assert checkpoint.weights() is checkpoint.reader()  # streamed until a model is loaded ...
+    model = checkpoint.load(show_progress=False)
+    assert checkpoint.weights() is model  # ... which then serves the weight-only analysis (dequantised once)
+    assert checkpoint.config == model.config
+    assert len(opened) == 1
