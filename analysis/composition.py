@@ -19,7 +19,7 @@ import jax.numpy as jnp
 import numpy as np
 
 from circuits.analysis.results import CompositionScores
-from circuits.analysis.rope import rope_average
+from circuits.analysis.rope import layer_rope_averages, rope_average
 from circuits.analysis.weights import AttentionWeights, WeightReader, gram_factor
 from circuits.models.config import ModelConfig
 from circuits.models.layers import einsum
@@ -125,14 +125,15 @@ def composition_tensors(
     product_dtype = product_dtype or default_product_dtype(reader)
     preprocessing = dataclasses.replace(reader.preprocessing, product_dtype=product_dtype, rope_offsets=rope_offsets)
     config = reader.config
-    rotation = None if rope_offsets is None else jnp.asarray(rope_average(config, rope_offsets))
+    rotation = None if rope_offsets is None else jnp.asarray(rope_average(config, rope_offsets))  # for the baselines
+    layer_rotations = [None if r is None else jnp.asarray(r) for r in layer_rope_averages(config, rope_offsets)]
     n_layers, n_heads = config.n_layers, config.n_heads
     scores = {kind: np.zeros((n_layers, n_heads, n_layers, n_heads), np.float32) for kind in kinds}
     factors: list[jax.Array] = []
     per_layer_bytes = n_heads * config.head_dim * n_heads * config.head_dim * 4
     chunk = max(1, CHUNK_BYTES // per_layer_bytes)
     for later in progress(range(n_layers), "composition scores", enabled=show_progress):
-        w = rotate_keys(reader.attention(later), rotation)
+        w = rotate_keys(reader.attention(later), layer_rotations[later])
         for start in range(0, later, chunk):
             stop = min(start + chunk, later)
             left = jnp.concatenate(factors[start:stop]).reshape(-1, config.head_dim, config.d_model)

@@ -50,7 +50,7 @@ from circuits.analysis.composition import (
 )
 from circuits.analysis.ov import copying_score, ov_copying_scores, ov_eigenvalues
 from circuits.analysis.results import CompositionScores, HeadScores
-from circuits.analysis.rope import DEFAULT_OFFSETS, rope_average
+from circuits.analysis.rope import DEFAULT_OFFSETS, layer_rope_averages, rope_average
 from circuits.analysis.standins import DEFAULT_BLOWUP, DEFAULT_TOKENS, TokenStandins, sample_token_ids
 from circuits.analysis.weights import AttentionWeights, Preprocessing, WeightReader, gram_factor
 from circuits.models.layers import einsum
@@ -169,10 +169,10 @@ def _later_heads(w: AttentionWeights, standins: jax.Array) -> LaterHeads:
 PREVIOUS_TOKEN_OFFSETS = 32
 
 
-def offset_rotations(config, max_offset: int = PREVIOUS_TOKEN_OFFSETS) -> jax.Array:
+def offset_rotations(config, layer_type: str = "full_attention", max_offset: int = PREVIOUS_TOKEN_OFFSETS) -> jax.Array:
     """f32[max_offset + 1, D, D]: R(-Delta) for Delta = 0 .. max_offset, so ``q @ R[Delta] @ k`` is the RoPE
-    logit of a query and a key Delta positions before it."""
-    return jnp.stack([jnp.asarray(rope_average(config, (offset, offset))) for offset in range(max_offset + 1)])
+    logit of a query and a key Delta positions before it, in layers of kind ``layer_type``."""
+    return jnp.stack([jnp.asarray(rope_average(config, (offset, offset), layer_type)) for offset in range(max_offset + 1)])
 
 
 @jax.jit
@@ -369,7 +369,7 @@ def _predict_token_level(
     n_layers, n_heads, n_kv, d = config.n_layers, config.n_heads, config.n_kv_heads, config.head_dim
     product_dtype = product_dtype or default_product_dtype(reader)
     preprocessing = dataclasses.replace(reader.preprocessing, product_dtype=product_dtype, rope_offsets=settings.rope_offsets)
-    rotation = None if settings.rope_offsets is None else jnp.asarray(rope_average(config, settings.rope_offsets))
+    layer_rotations = [None if r is None else jnp.asarray(r) for r in layer_rope_averages(config, settings.rope_offsets)]
     standins = TokenStandins(
         reader, sample_token_ids(config.vocab_size, settings.n_tokens, settings.token_seed), settings.blowup, product_dtype
     )
@@ -379,7 +379,7 @@ def _predict_token_level(
     token_z = np.zeros_like(k_composition)
     token_gain = np.zeros_like(k_composition)
     previous_token = np.zeros((n_layers, n_heads), np.float32)
-    rotations = offset_rotations(config)
+    offset_tables = {kind: offset_rotations(config, kind) for kind in set(config.layer_kinds)}
     per_layer_bytes = n_heads * d * n_heads * d * 4
     block = max(1, min(CHUNK_BYTES // per_layer_bytes, n_layers - 1))
     earlier: list[EarlierHeads] = []
@@ -389,9 +389,10 @@ def _predict_token_level(
         x, keep = standins.current()
         keep = jnp.asarray(keep)
         unrotated_keys = w.wk
-        w = rotate_keys(w, rotation)
+        w = rotate_keys(w, layer_rotations[layer])
         later = _later_heads(w, x)
-        previous_token[layer] = np.asarray(_previous_token_preference(later.queries, unrotated_keys, x, keep, rotations)).reshape(-1)
+        previous_token[layer] = np.asarray(_previous_token_preference(later.queries, unrotated_keys, x, keep,
+                                                                          offset_tables[config.layer_kinds[layer]])).reshape(-1)
         later = dataclasses.replace(later, wk=later.wk.astype(product_dtype))
         for start in range(0, layer, block):
             stop = min(start + block, layer)
@@ -403,7 +404,8 @@ def _predict_token_level(
         heads = _earlier_heads(w, x)
         earlier.append(dataclasses.replace(heads, wo=heads.wo.astype(product_dtype)))
         standins.advance()
-    baseline = composition_baseline(config, "k", rotation=rotation)
+    rotation = None if settings.rope_offsets is None else jnp.asarray(rope_average(config, settings.rope_offsets))
+    baseline = composition_baseline(config, "k", rotation=rotation)  # full-attention layers' RoPE
     k_scores = CompositionScores("k", k_composition, *baseline, preprocessing)
     ov = HeadScores("ov_copying", copying_score(eigenvalues).astype(np.float32), preprocessing)
     edge_strength = k_scores.ratio() * np.clip(token_z, 0.0, None)

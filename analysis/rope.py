@@ -20,13 +20,13 @@ from circuits.models.rope import inverse_frequencies
 DEFAULT_OFFSETS = (8, 512)
 
 
-def rope_average(config: ModelConfig, offsets: tuple[int, int] = DEFAULT_OFFSETS) -> np.ndarray:
+def rope_average(config: ModelConfig, offsets: tuple[int, int] = DEFAULT_OFFSETS, layer_type: str = "full_attention") -> np.ndarray:
     """R_bar f32[D, D] such that ``q @ R_bar @ k`` is the mean RoPE logit of q and k over query-minus-key
-    offsets uniform on the integers ``[lo, hi]`` (in positions)."""
+    offsets uniform on the integers ``[lo, hi]`` (in positions), in layers of kind ``layer_type``."""
     lo, hi = offsets
     if not 0 <= lo <= hi:
         raise ValueError(f"RoPE offsets must satisfy 0 <= lo <= hi, got {offsets}")
-    inv_freq = inverse_frequencies(config, max(hi + 1, 1)).astype(np.float64)  # [D/2] radians per position
+    inv_freq = inverse_frequencies(config, max(hi + 1, 1), layer_type).astype(np.float64)  # [D/2] radians per position
     angles = np.arange(lo, hi + 1, dtype=np.float64)[:, None] * inv_freq[None, :]  # [offsets, D/2]
     cos_mean, sin_mean = np.cos(angles).mean(0), np.sin(angles).mean(0)
     half = config.head_dim // 2
@@ -36,3 +36,9 @@ def rope_average(config: ModelConfig, offsets: tuple[int, int] = DEFAULT_OFFSETS
     average[first, second] = sin_mean
     average[second, first] = -sin_mean
     return average.astype(np.float32)
+
+
+def layer_rope_averages(config: ModelConfig, offsets: tuple[int, int] | None) -> list[np.ndarray | None]:
+    """Each layer's R_bar (:func:`rope_average` of its attention kind), or None per layer when ``offsets`` is None."""
+    kinds = {kind: None if offsets is None else rope_average(config, offsets, kind) for kind in set(config.layer_kinds)}
+    return [kinds[kind] for kind in config.layer_kinds]

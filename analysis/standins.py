@@ -11,12 +11,14 @@ dropped from that layer on.
 from __future__ import annotations
 
 import dataclasses
+import functools
 
 import jax
 import jax.numpy as jnp
 import numpy as np
 
 from circuits.analysis.weights import MLPWeights, WeightReader
+from circuits.models.layers import ACTIVATION_FUNCTIONS
 
 DEFAULT_TOKENS = 1024
 DEFAULT_BLOWUP = 100.0
@@ -35,16 +37,22 @@ def _normalise(x: jax.Array) -> tuple[jax.Array, jax.Array]:
     return x / jnp.maximum(rms, 1e-30)[:, None], rms
 
 
-@jax.jit
-def _mlp_step(x: jax.Array, mlp: MLPWeights, eps: float) -> jax.Array:
-    """x + SwiGLU(RMSNorm(x)) for x f32[n, M]; products in the weights' dtype, accumulated in float32."""
-    hidden = x * jax.lax.rsqrt(jnp.mean(jnp.square(x), axis=-1, keepdims=True) + eps) * mlp.norm
+def _rms_normalise(x: jax.Array, eps: float) -> jax.Array:
+    return x * jax.lax.rsqrt(jnp.mean(jnp.square(x), axis=-1, keepdims=True) + eps)
+
+
+@functools.partial(jax.jit, static_argnames=("activation",))
+def _mlp_step(x: jax.Array, mlp: MLPWeights, eps: float, activation: str) -> jax.Array:
+    """x + post_norm(MLP(RMSNorm(x))) for x f32[n, M], as the block computes it (the post-norm only with
+    ``BlockSpec.post_norms``); products in the weights' dtype, accumulated in float32."""
+    hidden = _rms_normalise(x, eps) * mlp.norm
     dtype = mlp.w_gate.dtype
 
     def dot(a, b):
         return jnp.dot(a.astype(dtype), b, preferred_element_type=jnp.float32, precision=jax.lax.Precision.HIGHEST)
 
-    return x + dot(jax.nn.silu(dot(hidden, mlp.w_gate)) * dot(hidden, mlp.w_up), mlp.w_down)
+    out = dot(ACTIVATION_FUNCTIONS[activation](dot(hidden, mlp.w_gate)) * dot(hidden, mlp.w_up), mlp.w_down)
+    return x + (out if mlp.post_norm is None else _rms_normalise(out, eps) * mlp.post_norm)
 
 
 @dataclasses.dataclass
@@ -82,5 +90,5 @@ class TokenStandins:
             mlp = dataclasses.replace(
                 mlp, **{name: getattr(mlp, name).astype(self.product_dtype) for name in ("w_gate", "w_up", "w_down")}
             )
-            self._residual = _mlp_step(self._residual, mlp, config.rms_norm_eps)
+            self._residual = _mlp_step(self._residual, mlp, config.rms_norm_eps, config.block.activation)
         self.layer += 1

@@ -49,16 +49,19 @@ class AttentionWeights:
 @jax.tree_util.register_dataclass
 @dataclasses.dataclass(frozen=True)
 class MLPWeights:
-    """One layer's SwiGLU block in float32: norm [M], w_gate / w_up [M, F], w_down [F, M]."""
+    """One layer's gated MLP block in float32: norm [M] (the effective gain), w_gate / w_up [M, F], w_down [F, M],
+    post_norm [M] (the output norm's gain, ``BlockSpec.post_norms``) or None."""
 
     norm: jax.Array
     w_gate: jax.Array
     w_up: jax.Array
     w_down: jax.Array
+    post_norm: jax.Array | None = None
 
 
 class WeightReader:
-    """Per-layer, preprocessed float32 weights from a tensor source."""
+    """Per-layer, preprocessed float32 weights from a tensor source, following the block's description
+    (``config.block``): norm gains with their offset, post-norm gains, the embedding scale."""
 
     def __init__(self, source: TensorSource, *, fold_norms: bool = True, center_unembed: bool = False):
         self.source = source
@@ -68,26 +71,40 @@ class WeightReader:
     def _f32(self, name: str, layer: int | None = None) -> jax.Array:
         return jnp.asarray(np.asarray(self.source.tensor(name, layer)), dtype=jnp.float32)
 
+    def gain(self, name: str, layer: int | None = None) -> jax.Array:
+        """The effective gain f32[...] of norm ``name``: ``norm_offset + w`` (Gemma stores the offset from 1)."""
+        return self.config.block.norm_offset + self._f32(name, layer)
+
+    @property
+    def embed_scale(self) -> float:
+        """What the forward multiplies token embeddings by (sqrt(M) with ``BlockSpec.embed_scale``, else 1)."""
+        return self.config.d_model**0.5 if self.config.block.embed_scale else 1.0
+
     def attention(self, layer: int) -> AttentionWeights:
-        """Layer ``layer``'s weights; with ``fold_norms`` the input RMSNorm gain scales every row (M) of W_Q, W_K, W_V."""
+        """Layer ``layer``'s weights; with ``fold_norms`` the input RMSNorm gain scales every row (M) of W_Q, W_K,
+        W_V, and a post-attention norm's gain (``BlockSpec.post_norms``) every output column (M) of W_O."""
         wq, wk, wv, wo = (self._f32(name, layer) for name in ("wq", "wk", "wv", "wo"))
         if self.preprocessing.fold_norms:
-            gain = self._f32("attn_norm", layer)
+            gain = self.gain("attn_norm", layer)
             wq, wk, wv = wq * gain[:, None, None, None], wk * gain[:, None, None], wv * gain[:, None, None]
+            if self.config.block.post_norms:
+                wo = wo * self.gain("post_attn_norm", layer)
         self._release_pages()
         return AttentionWeights(wq, wk, wv, wo)
 
     def mlp(self, layer: int) -> MLPWeights:
-        """Layer ``layer``'s MLP block in float32 (its norm gain kept separate: the stand-ins need the norm itself)."""
-        weights = MLPWeights(*(self._f32(name, layer) for name in ("mlp_norm", "w_gate", "w_up", "w_down")))
+        """Layer ``layer``'s MLP block in float32 (its norm gains kept separate: the stand-ins need the norms themselves)."""
+        post_norm = self.gain("post_mlp_norm", layer) if self.config.block.post_norms else None
+        weights = MLPWeights(self.gain("mlp_norm", layer), *(self._f32(name, layer) for name in ("w_gate", "w_up", "w_down")), post_norm)
         self._release_pages()
         return weights
 
     def embed_rows(self, ids: np.ndarray) -> jax.Array:
-        """Rows ``ids`` of the embedding, f32[n, M] (only those rows are read)."""
+        """Rows ``ids`` of the embedding as the forward reads them (times the embedding scale), f32[n, M]; only
+        those rows are read."""
         rows = np.asarray(self.source.tensor("embed")[np.asarray(ids)])
         self._release_pages()
-        return jnp.asarray(rows, jnp.float32)
+        return jnp.asarray(rows, jnp.float32) * self.embed_scale
 
     def _release_pages(self) -> None:
         """Let a memory-mapped source unmap what was just copied, so streaming never accumulates the model."""
@@ -96,16 +113,18 @@ class WeightReader:
             release()
 
     def _vocab_chunks(self):
-        """Yield (E chunk [v, M], W_U chunk [M, v]) over the vocabulary, preprocessed, in float32."""
+        """Yield (E chunk [v, M] as the forward reads it, embedding scale included; W_U chunk [M, v]) over the
+        vocabulary, preprocessed, in float32."""
         vocab = self.config.vocab_size
         embed = self.source.tensor("embed")
         tied = self.config.tie_embeddings
         unembed = embed if tied else self.source.tensor("unembed")
-        gain = self._f32("final_norm") if self.preprocessing.fold_norms else None
+        gain = self.gain("final_norm") if self.preprocessing.fold_norms else None
         for start in range(0, vocab, VOCAB_CHUNK):
             stop = min(start + VOCAB_CHUNK, vocab)
-            e = jnp.asarray(np.asarray(embed[start:stop]), jnp.float32)
-            u = e.T if tied else jnp.asarray(np.asarray(unembed[:, start:stop]), jnp.float32)
+            raw = jnp.asarray(np.asarray(embed[start:stop]), jnp.float32)
+            e = raw * self.embed_scale
+            u = raw.T if tied else jnp.asarray(np.asarray(unembed[:, start:stop]), jnp.float32)
             if gain is not None:
                 u = u * gain[:, None]
             self._release_pages()

@@ -116,7 +116,7 @@ def random_transformer(seed: int = 0, scale: float = 0.3, **overrides):
         if isinstance(variable, nnx.Param):
             shape = variable[...].shape
             noise = jax.random.normal(next(keys), shape, jnp.float32)
-            is_norm = path[-1] in ("attn_norm", "mlp_norm", "final_norm")
+            is_norm = str(path[-1]).endswith("norm")
             variable[...] = 1.0 + 0.3 * noise if is_norm else scale * noise
     return model
 
