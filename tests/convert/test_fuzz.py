@@ -20,6 +20,7 @@ from hypothesis import strategies as st
 import circuits
 from circuits.convert import CheckpointError
 from circuits.models.config import ConfigError
+from circuits.models.layout import expected_params
 
 EXAMPLES = int(os.environ.get("CIRCUITS_FUZZ_EXAMPLES", "150"))
 FUZZ = settings(max_examples=EXAMPLES, deadline=None, derandomize="CIRCUITS_FUZZ_EXAMPLES" not in os.environ,
@@ -33,9 +34,32 @@ json_values = st.recursive(
 )
 
 
-def seed_checkpoint(directory: Path, sharded: bool = False) -> Path:
-    """A tiny valid Llama checkpoint (optionally with an index.json naming its one shard)."""
-    tensors, config = arange_llama(n_layers=2)
+FAMILY_CONFIGS = {
+    "qwen2": dict(architectures=["Qwen2ForCausalLM"], vocab_size=16, hidden_size=8, intermediate_size=12, num_hidden_layers=2,
+                  num_attention_heads=4, num_key_value_heads=2, use_sliding_window=True, sliding_window=3, max_window_layers=1,
+                  rope_parameters={"rope_type": "default", "rope_theta": 1e6}),
+    "gemma3": dict(architectures=["Gemma3ForCausalLM"], vocab_size=16, hidden_size=8, intermediate_size=12, num_hidden_layers=2,
+                   num_attention_heads=2, num_key_value_heads=1, head_dim=4, query_pre_attn_scalar=4, sliding_window=3,
+                   layer_types=["sliding_attention", "full_attention"],
+                   rope_parameters={"full_attention": {"rope_type": "linear", "factor": 8.0, "rope_theta": 1e6},
+                                    "sliding_attention": {"rope_type": "default", "rope_theta": 1e4}}),
+}
+
+
+def seed_checkpoint(directory: Path, sharded: bool = False, family: str = "llama") -> Path:
+    """A tiny valid checkpoint of ``family`` (optionally with an index.json naming its one shard); Qwen2 and
+    Gemma 3 tensors are named and shaped by the family's own name table, filled with distinct values."""
+    from circuits.convert.hf_checkpoint import ARCHITECTURES
+
+    if family == "llama":
+        tensors, config = arange_llama(n_layers=2)
+    else:
+        config = FAMILY_CONFIGS[family]
+        parser, rules = ARCHITECTURES[config["architectures"][0]]
+        parsed, _ = parser(config)
+        names = {r.stored_name.format(i=i): r.stored_shape(parsed) for r in rules for i in range(parsed.n_layers)
+                 if set(r.outputs) & set(sum(expected_params(parsed), ()))}
+        tensors = {name: np.arange(np.prod(shape), dtype=np.float32).reshape(shape) / 100 for name, shape in names.items()}
     write_hf_checkpoint(directory, tensors, config)
     if sharded:
         (directory / "model.safetensors").rename(directory / "model-00001-of-00001.safetensors")
@@ -82,11 +106,11 @@ def assert_loads_or_refuses_clearly(path: Path) -> None:
     try:
         source = circuits.open_weights(path, show_progress=False)
         config = source.config
-        names = [n for n in ("embed", "final_norm", "unembed") if not (n == "unembed" and config.tie_embeddings)]
-        for name in names:
+        global_names, layer_names = expected_params(config)
+        for name in global_names:
             assert np.isfinite(source.tensor(name)).all()
         for layer in range(config.n_layers):
-            for name in ("attn_norm", "wq", "wk", "wv", "wo", "mlp_norm", "w_gate", "w_up", "w_down"):
+            for name in layer_names:
                 assert np.isfinite(source.tensor(name, layer)).all()
         event("loaded")
     except (CheckpointError, ConfigError) as err:
@@ -127,9 +151,9 @@ def test_fuzzed_safetensors_bytes(tmp_path_factory, edits, cut, insert, header_o
 
 @FUZZ
 @given(target=st.sampled_from(["header", "config", "index"]), choice=st.integers(0, 10**6), value=json_values,
-       delete=st.booleans())
-def test_fuzzed_json_fields(tmp_path_factory, target, choice, value, delete):
-    directory = seed_checkpoint(tmp_path_factory.mktemp("json"), sharded=target == "index")
+       delete=st.booleans(), family=st.sampled_from(["llama", "qwen2", "gemma3"]))
+def test_fuzzed_json_fields(tmp_path_factory, target, choice, value, delete, family):
+    directory = seed_checkpoint(tmp_path_factory.mktemp("json"), sharded=target == "index", family=family)
     if target == "header":
         path = directory / "model.safetensors"
         blob = path.read_bytes()
@@ -139,10 +163,11 @@ def test_fuzzed_json_fields(tmp_path_factory, target, choice, value, delete):
         path = directory / ("config.json" if target == "config" else "model.safetensors.index.json")
         document = json.loads(path.read_text())
     # pick one place in the document (a top-level key, or a field one level down) and replace or delete it
-    places = [(key, None) for key in document] + [(key, sub) for key, item in document.items() if isinstance(item, dict) for sub in item]
+    places = [(key, None) for key in document] + [(key, sub) for key, item in document.items() if isinstance(item, (dict, list))
+                                                  for sub in (item if isinstance(item, dict) else range(len(item)))]
     key, sub = places[choice % len(places)]
     holder, field = (document, key) if sub is None else (document[key], sub)
-    if delete:
+    if delete and isinstance(holder, dict):
         del holder[field]
     else:
         holder[field] = value
@@ -174,4 +199,6 @@ def test_seeds_are_valid():
     with tempfile.TemporaryDirectory() as scratch:
         assert circuits.open_weights(seed_checkpoint(Path(scratch) / "a")).config.n_layers == 2
         assert circuits.open_weights(seed_checkpoint(Path(scratch) / "b", sharded=True)).config.n_layers == 2
+        for family in FAMILY_CONFIGS:
+            assert circuits.open_weights(seed_checkpoint(Path(scratch) / family, family=family)).config.architecture == family
         assert circuits.open_weights(seed_gguf(Path(scratch) / "m.gguf")).config.n_layers == 2
