@@ -21,7 +21,8 @@ from circuits.models.transformer import Transformer
 from circuits.utils import remove_stale_partials, swap_in
 
 MARKER = "circuits_cache.json"
-FORMAT_VERSION = 1
+FORMAT_VERSION = 2
+"""2: odd checksum weights (every single-value change is caught) and the block description in the config."""
 
 
 def is_cache(path: str | Path) -> bool:
@@ -31,9 +32,10 @@ def is_cache(path: str | Path) -> bool:
 @jax.jit
 def _checksum(array: jax.Array) -> jax.Array:
     """uint32 checksum of an array's bits: a position-weighted sum mod 2^32 (computed where the array lives,
-    sharded or not), so a flipped, lost or moved value changes it."""
+    sharded or not). Every weight is odd, so multiplying by it is a bijection mod 2^32 and a change of any one
+    value (a flipped sign bit too) always changes the sum; a lost or moved value changes it as well."""
     bits = jax.lax.bitcast_convert_type(array, {1: jnp.uint8, 2: jnp.uint16, 4: jnp.uint32}[array.dtype.itemsize]).astype(jnp.uint32)
-    weights = jax.lax.iota(jnp.uint32, bits.size).reshape(bits.shape) * jnp.uint32(2654435761) + jnp.uint32(1)
+    weights = (jax.lax.iota(jnp.uint32, bits.size).reshape(bits.shape) * jnp.uint32(2654435761)) | jnp.uint32(1)
     return jnp.sum(bits * weights, dtype=jnp.uint32)
 
 

@@ -138,11 +138,23 @@ def test_checksums_ignore_sharding(make_llama, tmp_path):
     np.testing.assert_array_equal(np.asarray(sharded.tensor("wq", 0)), np.asarray(circuits.load(cache).tensor("wq", 0)))
 
 
-@pytest.mark.parametrize("marker", ["[1]", "null", '{"format_version": 1, "config": "x", "dtype": "float32"}',
-                                    '{"format_version": 1, "config": {"vocab_size": "8"}, "dtype": "float32"}',
-                                    '{"format_version": 1, "config": {}, "dtype": ["float32"]}', "{oops"])
+@pytest.mark.parametrize("marker", ["[1]", "null", '{"format_version": 2, "config": "x", "dtype": "float32"}',
+                                    '{"format_version": 2, "config": {"vocab_size": "8"}, "dtype": "float32"}',
+                                    '{"format_version": 2, "config": {}, "dtype": ["float32"]}', "{oops"])
 def test_a_marker_of_the_wrong_type_is_named(demo_cache, marker):
     (demo_cache / "circuits_cache.json").write_text(marker)
     with pytest.raises(CheckpointError, match="circuits_cache.json|cache format") as info:
         circuits.load(demo_cache)
     assert "\n" not in str(info.value)
+
+
+def test_a_flipped_sign_bit_anywhere_changes_the_checksum():
+    """With even weights, 2^31 * w vanishes mod 2^32: a sign flip at half the positions went unnoticed."""
+    import jax.numpy as jnp
+
+    from circuits.convert.orbax_cache import _checksum
+
+    values = jnp.linspace(-1.0, 1.0, 64, dtype=jnp.float32)
+    clean = int(_checksum(values))
+    for index in range(64):
+        assert int(_checksum(values.at[index].set(-values[index]))) != clean, index

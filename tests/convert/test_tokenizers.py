@@ -74,3 +74,10 @@ def test_missing_and_foreign_tokenizers_say_what_to_do(tmp_path):
         circuits.load_tokenizer(tmp_path)
     with pytest.raises(TokenizerError, match="has no tokenizer"):
         circuits.load_tokenizer("demo-induction")
+
+
+def test_qwen2_pre_tokenizer_splits_every_digit_as_qwen2_does():
+    from circuits.convert.tokenizer import _pre_tokenizer
+
+    assert [w for w, _ in _pre_tokenizer("qwen2").pre_tokenize_str("abc 12345 de")] == ["abc", "Ġ", "1", "2", "3", "4", "5", "Ġde"]
+    assert [w for w, _ in _pre_tokenizer("llama3").pre_tokenize_str("abc 12345 de")] == ["abc", "Ġ", "123", "45", "Ġde"]
