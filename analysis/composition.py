@@ -20,7 +20,7 @@ import numpy as np
 
 from circuits.analysis.results import CompositionScores
 from circuits.analysis.rope import layer_rope_averages, rope_average
-from circuits.analysis.weights import AttentionWeights, WeightReader, gram_factor
+from circuits.analysis.weights import AttentionWeights, WeightReader, fold_qk_norm, gram_factor
 from circuits.models.config import ModelConfig
 from circuits.models.layers import einsum
 from circuits.models.layout import TensorSource
@@ -133,7 +133,7 @@ def composition_tensors(
     per_layer_bytes = n_heads * config.head_dim * n_heads * config.head_dim * 4
     chunk = max(1, CHUNK_BYTES // per_layer_bytes)
     for later in progress(range(n_layers), "composition scores", enabled=show_progress):
-        w = rotate_keys(reader.attention(later), layer_rotations[later])
+        w = rotate_keys(fold_qk_norm(reader.attention(later)), layer_rotations[later])
         for start in range(0, later, chunk):
             stop = min(start + chunk, later)
             left = jnp.concatenate(factors[start:stop]).reshape(-1, config.head_dim, config.d_model)

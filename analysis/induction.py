@@ -52,7 +52,7 @@ from circuits.analysis.ov import copying_score, ov_copying_scores, ov_eigenvalue
 from circuits.analysis.results import CompositionScores, HeadScores
 from circuits.analysis.rope import DEFAULT_OFFSETS, layer_rope_averages, rope_average
 from circuits.analysis.standins import DEFAULT_BLOWUP, DEFAULT_TOKENS, TokenStandins, sample_token_ids
-from circuits.analysis.weights import AttentionWeights, Preprocessing, WeightReader, gram_factor
+from circuits.analysis.weights import AttentionWeights, Preprocessing, WeightReader, fold_qk_norm, gram_factor
 from circuits.models.layers import einsum
 from circuits.models.layout import TensorSource
 from circuits.utils import progress, rounded_list
@@ -155,15 +155,18 @@ def _earlier_heads(w: AttentionWeights, standins: jax.Array) -> EarlierHeads:
     """One layer's EarlierHeads (A = K) from its weights and its stand-ins f32[n, M]."""
     value_factor = gram_factor(_einsum("mkd,mke->kde", w.wv, w.wv))
     ov_norm = later_norms(w, "v").reshape(w.wo.shape[:2])
-    return EarlierHeads(w.wo, value_factor, ov_norm, _einsum("nm,mkd->nkd", standins, w.wv))
+    values = _einsum("nm,mkd->nkd", standins, w.wv) + (0.0 if w.bv is None else w.bv)
+    return EarlierHeads(w.wo, value_factor, ov_norm, values)
 
 
 @jax.jit
 def _later_heads(w: AttentionWeights, standins: jax.Array) -> LaterHeads:
-    """The reading layer's LaterHeads; ``w.wk`` must already be RoPE-averaged (:func:`rotate_keys`)."""
+    """The reading layer's LaterHeads; ``w.wk`` must already be RoPE-averaged (:func:`rotate_keys`) and QK-norm
+    folded in (:func:`fold_qk_norm`). The stand-ins' queries include the query bias."""
     query_factor = gram_factor(_einsum("mkgd,mkge->kgde", w.wq, w.wq))
     qk_norm = later_norms(w, "k").reshape(w.wq.shape[1:3])
-    return LaterHeads(w.wk, query_factor, qk_norm, _einsum("nm,mkgd->nkgd", standins, w.wq))
+    queries = _einsum("nm,mkgd->nkgd", standins, w.wq) + (0.0 if w.bq is None else w.bq)
+    return LaterHeads(w.wk, query_factor, qk_norm, queries)
 
 
 PREVIOUS_TOKEN_OFFSETS = 32
@@ -177,29 +180,31 @@ def offset_rotations(config, layer_type: str = "full_attention", max_offset: int
 
 @jax.jit
 def _previous_token_preference(
-    queries: jax.Array, wk: jax.Array, standins: jax.Array, keep: jax.Array, rotations: jax.Array
+    queries: jax.Array, wk: jax.Array, bk: jax.Array | None, standins: jax.Array, keep: jax.Array, rotations: jax.Array, scale: float
 ) -> jax.Array:
     """f32[K, G] in [0, 1]: how much each head prefers the previous position, from the weights alone.
 
     Softmax, over the key offsets 0 .. R-1, of the mean logit: offset 0 is the query's own token (a
     stand-in against itself), offset Delta > 0 a different token Delta positions back (mean query
     against mean key, rotated); the value is the probability of offset 1. ``queries`` [n, K, G, D]: the
-    stand-ins through W_Q (:class:`LaterHeads`); ``wk`` [M, K, D]: the layer's W_K, not RoPE-averaged.
+    stand-ins through W_Q (:class:`LaterHeads`); ``wk`` [M, K, D], ``bk`` [K, D] or None: the layer's W_K and
+    key bias, not RoPE-averaged; ``scale``: the model's factor on attention logits.
     """
     weight = keep.astype(jnp.float32)
     count = jnp.maximum(weight.sum(), 1.0)
     queries = queries * weight[:, None, None, None]
-    keys = _einsum("nm,mkd->nkd", standins, wk) * weight[:, None, None]
+    keys = (_einsum("nm,mkd->nkd", standins, wk) + (0.0 if bk is None else bk)) * weight[:, None, None]
     itself = _einsum("nkgd,nkd->kg", queries, keys) / count
     others = _einsum("kgd,rde,ke->rkg", queries.sum(0) / count, rotations, keys.sum(0) / count)
-    logits = jnp.concatenate([itself[None], others[1:]]) / jnp.sqrt(jnp.float32(queries.shape[-1]))
+    logits = jnp.concatenate([itself[None], others[1:]]) * scale
     return jax.nn.softmax(logits, axis=0)[1]
 
 
 @jax.jit
-def _edge_terms(earlier: EarlierHeads, later: LaterHeads, keep: jax.Array) -> tuple[jax.Array, jax.Array, jax.Array]:
+def _edge_terms(earlier: EarlierHeads, later: LaterHeads, keep: jax.Array, scale: float) -> tuple[jax.Array, jax.Array, jax.Array]:
     """(K-composition, token z-score, token logit gain in nats), each f32[A, G, K, G'], of every earlier head
-    (a, g) into every later head (k, g'); ``keep`` bool[n] marks the stand-ins in use."""
+    (a, g) into every later head (k, g'); ``keep`` bool[n] marks the stand-ins in use; ``scale``: the model's
+    factor on attention logits (turns the gain into nats)."""
     dtype = earlier.wo.dtype
     output_key = _einsum("agdm,mke->agkde", earlier.wo, later.wk.astype(dtype))  # P = W_O^j W_K'^i: the M-long product
 
@@ -218,7 +223,7 @@ def _edge_terms(earlier: EarlierHeads, later: LaterHeads, keep: jax.Array) -> tu
     key_query_gram = _einsum("agkde,khef->agkhdf", output_key, _einsum("nkhd,nkhe->khde", queries, queries))
     second_moment = _einsum("agkdf,agkhdf->agkh", value_gram_key, key_query_gram) / count**2
     std = jnp.sqrt(jnp.maximum(second_moment - mean**2, 1e-30))
-    gain = (diagonal - mean) / jnp.sqrt(jnp.float32(output_key.shape[-1]))
+    gain = (diagonal - mean) * scale
     return k_composition, (diagonal - mean) / std, gain
 
 
@@ -380,23 +385,24 @@ def _predict_token_level(
     token_gain = np.zeros_like(k_composition)
     previous_token = np.zeros((n_layers, n_heads), np.float32)
     offset_tables = {kind: offset_rotations(config, kind) for kind in set(config.layer_kinds)}
+    scale = config.attention_scale
     per_layer_bytes = n_heads * d * n_heads * d * 4
     block = max(1, min(CHUNK_BYTES // per_layer_bytes, n_layers - 1))
     earlier: list[EarlierHeads] = []
     for layer in progress(range(n_layers), "induction circuits (weights)", enabled=show_progress):
-        w = reader.attention(layer)
-        eigenvalues[layer] = ov_eigenvalues(unembed_embed, w.wv, w.wo)
         x, keep = standins.current()
         keep = jnp.asarray(keep)
-        unrotated_keys = w.wk
+        w = fold_qk_norm(reader.attention(layer), x)
+        eigenvalues[layer] = ov_eigenvalues(unembed_embed, w.wv, w.wo)
+        unrotated_keys, key_bias = w.wk, w.bk
         w = rotate_keys(w, layer_rotations[layer])
         later = _later_heads(w, x)
-        previous_token[layer] = np.asarray(_previous_token_preference(later.queries, unrotated_keys, x, keep,
-                                                                          offset_tables[config.layer_kinds[layer]])).reshape(-1)
+        previous_token[layer] = np.asarray(_previous_token_preference(later.queries, unrotated_keys, key_bias, x, keep,
+                                                                          offset_tables[config.layer_kinds[layer]], scale)).reshape(-1)
         later = dataclasses.replace(later, wk=later.wk.astype(product_dtype))
         for start in range(0, layer, block):
             stop = min(start + block, layer)
-            composition, z, gain = _edge_terms(_stack_block(earlier[start:stop], block), later, keep)
+            composition, z, gain = _edge_terms(_stack_block(earlier[start:stop], block), later, keep, scale)
             real = (stop - start) * n_kv
             k_composition[start:stop, :, layer, :] = np.asarray(composition[:real]).reshape(stop - start, n_heads, n_heads)
             token_z[start:stop, :, layer, :] = np.asarray(z[:real]).reshape(stop - start, n_heads, n_heads)

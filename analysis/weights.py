@@ -37,13 +37,20 @@ class Preprocessing:
 class AttentionWeights:
     """One layer's attention weights in float32, norm gains folded in when asked.
 
-    wq [M, K, G, D], wk / wv [M, K, D], wo [K, G, D, M].
+    wq [M, K, G, D], wk / wv [M, K, D], wo [K, G, D, M]; with ``BlockSpec.qkv_bias`` the biases bq [K, G, D],
+    bk / bv [K, D]; with ``BlockSpec.qk_norm`` the QK-norm gains q_gain / k_gain [D] (offset included), not yet
+    folded in (:func:`fold_qk_norm` does it). Absent parts are None.
     """
 
     wq: jax.Array
     wk: jax.Array
     wv: jax.Array
     wo: jax.Array
+    bq: jax.Array | None = None
+    bk: jax.Array | None = None
+    bv: jax.Array | None = None
+    q_gain: jax.Array | None = None
+    k_gain: jax.Array | None = None
 
 
 @jax.tree_util.register_dataclass
@@ -83,14 +90,17 @@ class WeightReader:
     def attention(self, layer: int) -> AttentionWeights:
         """Layer ``layer``'s weights; with ``fold_norms`` the input RMSNorm gain scales every row (M) of W_Q, W_K,
         W_V, and a post-attention norm's gain (``BlockSpec.post_norms``) every output column (M) of W_O."""
+        block = self.config.block
         wq, wk, wv, wo = (self._f32(name, layer) for name in ("wq", "wk", "wv", "wo"))
         if self.preprocessing.fold_norms:
             gain = self.gain("attn_norm", layer)
             wq, wk, wv = wq * gain[:, None, None, None], wk * gain[:, None, None], wv * gain[:, None, None]
-            if self.config.block.post_norms:
+            if block.post_norms:
                 wo = wo * self.gain("post_attn_norm", layer)
+        biases = {name: self._f32(name, layer) for name in ("bq", "bk", "bv")} if block.qkv_bias else {}
+        gains = {"q_gain": self.gain("q_norm", layer), "k_gain": self.gain("k_norm", layer)} if block.qk_norm else {}
         self._release_pages()
-        return AttentionWeights(wq, wk, wv, wo)
+        return AttentionWeights(wq, wk, wv, wo, **biases, **gains)
 
     def mlp(self, layer: int) -> MLPWeights:
         """Layer ``layer``'s MLP block in float32 (its norm gains kept separate: the stand-ins need the norms themselves)."""
@@ -155,6 +165,27 @@ class WeightReader:
         for e, _ in self._vocab_chunks():
             gram = gram + jnp.matmul(e.T, e, precision=jax.lax.Precision.HIGHEST)
         return gram
+
+
+@jax.jit
+def fold_qk_norm(w: AttentionWeights, standins: jax.Array | None = None) -> AttentionWeights:
+    """QK-norm folded into W_Q, b_Q, W_K, b_K as the linear map a typical token gets: each head's gain [D] and,
+    with stand-ins f32[n, M], one over the RMS (over the stand-ins and D) of that head's query or key before the
+    norm. Without QK-norm ``w`` is returned unchanged."""
+    if w.q_gain is None:
+        return w
+    bq = jnp.zeros(w.wq.shape[1:], w.wq.dtype) if w.bq is None else w.bq
+    bk = jnp.zeros(w.wk.shape[1:], w.wk.dtype) if w.bk is None else w.bk
+    if standins is None:
+        q_scale, k_scale = jnp.ones(w.wq.shape[1:3]), jnp.ones(w.wk.shape[1:2])
+    else:
+        queries = jnp.einsum("nm,mkgd->nkgd", standins, w.wq, precision=jax.lax.Precision.HIGHEST) + bq
+        keys = jnp.einsum("nm,mkd->nkd", standins, w.wk, precision=jax.lax.Precision.HIGHEST) + bk
+        q_scale = jax.lax.rsqrt(jnp.mean(jnp.square(queries), axis=(0, 3)) + 1e-30)  # [K, G]
+        k_scale = jax.lax.rsqrt(jnp.mean(jnp.square(keys), axis=(0, 2)) + 1e-30)  # [K]
+    q_map = q_scale[..., None] * w.q_gain  # [K, G, D]
+    k_map = k_scale[..., None] * w.k_gain  # [K, D]
+    return dataclasses.replace(w, wq=w.wq * q_map, bq=bq * q_map, wk=w.wk * k_map, bk=bk * k_map, q_gain=None, k_gain=None)
 
 
 def gram_factor(gram: jax.Array) -> jax.Array:

@@ -122,13 +122,17 @@ def random_transformer(seed: int = 0, scale: float = 0.3, **overrides):
 
 
 def dense_heads(model, layer: int, fold: bool = True):
-    """float64 per-head matrices (brute force): W_Q [N, M, D], W_K [N, M, D], W_V [N, M, D], W_O [N, D, M]."""
+    """float64 per-head matrices (brute force): W_Q [N, M, D], W_K [N, M, D], W_V [N, M, D], W_O [N, D, M], with
+    the input norm's gain (offset included) folded into W_Q, W_K, W_V and a post-attention norm's into W_O."""
     c = model.config
-    gain = np.asarray(model.tensor("attn_norm", layer), np.float64) if fold else np.ones(c.d_model)
+    offset = c.block.norm_offset
+    gain = offset + np.asarray(model.tensor("attn_norm", layer), np.float64) if fold else np.ones(c.d_model)
     wq = np.asarray(model.tensor("wq", layer), np.float64) * gain[:, None, None, None]
     wk = np.asarray(model.tensor("wk", layer), np.float64) * gain[:, None, None]
     wv = np.asarray(model.tensor("wv", layer), np.float64) * gain[:, None, None]
     wo = np.asarray(model.tensor("wo", layer), np.float64)
+    if fold and c.block.post_norms:
+        wo = wo * (offset + np.asarray(model.tensor("post_attn_norm", layer), np.float64))
     heads = [(h // c.q_per_kv, h % c.q_per_kv) for h in range(c.n_heads)]
     return (
         np.stack([wq[:, k, g] for k, g in heads]),

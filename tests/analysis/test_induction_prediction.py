@@ -1,4 +1,5 @@
-"""The weight-only induction predictor (``kcomp-token-zgain``) against brute-force products of full matrices."""
+"""The weight-only induction predictor (``kcomp-token-zgain``) against brute-force products of full matrices, on every
+block kind (biases, QK-norm, post-norms, offsets, per-layer RoPE)."""
 
 import jax
 import jax.numpy as jnp
@@ -10,29 +11,53 @@ from circuits.analysis.induction import predict_induction
 from circuits.analysis.rope import rope_average
 from circuits.analysis.standins import sample_token_ids
 from circuits.models.config import ModelConfig
+from circuits.models.layout import FAMILY_BLOCKS
 from circuits.models.rope import apply_rotary, rotary_tables
 
 
 def brute_standins(model, ids: np.ndarray) -> list[np.ndarray]:
-    """float64 stand-ins per layer: embeddings through the model's own MLP blocks only, RMS-normalised."""
+    """float64 stand-ins per layer: embeddings (times the embedding scale) through the model's own MLP blocks only
+    (pre- and post-norms with their offsets), RMS-normalised."""
     c = model.config
-    x = np.asarray(model.tensor("embed"), np.float64)[ids]
+    offset = c.block.norm_offset
+    rms = lambda v: np.sqrt((v * v).mean(-1, keepdims=True))  # noqa: E731
+    x = np.asarray(model.tensor("embed"), np.float64)[ids] * (np.sqrt(c.d_model) if c.block.embed_scale else 1.0)
     out = []
     for layer in range(c.n_layers):
-        out.append(x / np.sqrt((x * x).mean(-1, keepdims=True)))
+        out.append(x / rms(x))
         if c.attention_only:
             continue
         mlp = jax.tree.map(lambda p: p[layer], model.blocks.mlp)  # this layer's slice of the scanned MLP
-        normed = x / np.sqrt((x * x).mean(-1, keepdims=True) + c.rms_norm_eps) * np.asarray(model.tensor("mlp_norm", layer))
-        x = x + np.asarray(mlp(jnp.asarray(normed[None], jnp.float32))[0], np.float64)
+        normed = x / np.sqrt(rms(x) ** 2 + c.rms_norm_eps) * (offset + np.asarray(model.tensor("mlp_norm", layer)))
+        update = np.asarray(mlp(jnp.asarray(normed[None], jnp.float32))[0], np.float64)
+        if c.block.post_norms:
+            update = update / np.sqrt(rms(update) ** 2 + c.rms_norm_eps) * (offset + np.asarray(model.tensor("post_mlp_norm", layer)))
+        x = x + update
     return out
+
+
+def brute_query_key(model, layer: int, x: np.ndarray):
+    """Per flat head, float64: (W_Q [N, M, D], b_Q [N, D], W_K [N, M, D], b_K [N, D]) with QK-norm as the linear map a
+    typical token gets: the gain times one over the RMS of the head's query / key over the stand-ins ``x`` [n, M]."""
+    c = model.config
+    wq, wk, _, _ = dense_heads(model, layer)
+    heads = [(h // c.q_per_kv, h % c.q_per_kv) for h in range(c.n_heads)]
+    zeros = np.zeros((c.n_heads, c.head_dim))
+    bq = np.stack([np.asarray(model.tensor("bq", layer), np.float64)[k, g] for k, g in heads]) if c.block.qkv_bias else zeros
+    bk = np.stack([np.asarray(model.tensor("bk", layer), np.float64)[k] for k, _ in heads]) if c.block.qkv_bias else zeros
+    if c.block.qk_norm:
+        for w, b, name in ((wq, bq, "q_norm"), (wk, bk, "k_norm")):
+            gain = c.block.norm_offset + np.asarray(model.tensor(name, layer), np.float64)
+            for h in range(c.n_heads):
+                scale = gain / np.sqrt(np.mean(np.square(x @ w[h] + b[h])))
+                w[h], b[h] = w[h] * scale, b[h] * scale
+    return wq, bq, wk, bk
 
 
 def brute_prediction(model, n_tokens: int, seed: int, offsets=(8, 512)):
     """(K-composition, token z, token logit gain), each f64[L,N,L,N] (K-composition unnormalised), from dense
-    M x M and n x n matrices."""
+    M x M and n x n matrices: queries with their bias, values with theirs, QK-norm linearised, each layer's RoPE."""
     c = model.config
-    rotation = rope_average(c, offsets).astype(np.float64)
     ids = sample_token_ids(c.vocab_size, n_tokens, seed)
     x = brute_standins(model, ids)
     heads = [dense_heads(model, layer) for layer in range(c.n_layers)]
@@ -40,17 +65,22 @@ def brute_prediction(model, n_tokens: int, seed: int, offsets=(8, 512)):
     z = np.zeros_like(k_comp)
     gain = np.zeros_like(k_comp)
     for l1 in range(c.n_layers):
+        _, _, wv1, wo1 = heads[l1]
+        bv = (np.asarray(model.tensor("bv", l1), np.float64)[np.arange(c.n_heads) // c.q_per_kv] if c.block.qkv_bias
+              else np.zeros((c.n_heads, c.head_dim)))
         for l2 in range(l1 + 1, c.n_layers):
-            _, _, wv1, wo1 = heads[l1]
-            wq2, wk2, _, _ = heads[l2]
+            rotation = rope_average(c, offsets, c.layer_kinds[l2]).astype(np.float64)
+            wq2, bq2, wk2, _ = brute_query_key(model, l2, x[l2])
             for j in range(c.n_heads):
                 ov = wv1[j] @ wo1[j]  # [M, M]
                 for i in range(c.n_heads):
                     qk = wq2[i] @ rotation @ wk2[i].T  # RoPE-averaged QK [M, M]
                     k_comp[l1, j, l2, i] = np.linalg.norm(ov @ qk.T) / (np.linalg.norm(ov) * np.linalg.norm(qk))
-                    circuit = x[l2] @ qk @ (x[l1] @ ov).T  # [n, n]: query token a vs key whose previous token is b
+                    queries = x[l2] @ wq2[i] + bq2[i]  # [n, D]
+                    moved = (x[l1] @ wv1[j] + bv[j]) @ wo1[j]  # what head j writes for each previous token [n, M]
+                    circuit = queries @ rotation @ (moved @ wk2[i]).T  # [n, n]: query token a vs key whose previous token is b
                     z[l1, j, l2, i] = (np.diag(circuit).mean() - circuit.mean()) / circuit.std()
-                    gain[l1, j, l2, i] = (np.diag(circuit).mean() - circuit.mean()) / np.sqrt(c.head_dim)
+                    gain[l1, j, l2, i] = (np.diag(circuit).mean() - circuit.mean()) * c.attention_scale
     return k_comp, z, gain
 
 
@@ -67,7 +97,13 @@ def test_rope_average_is_the_mean_rotary_logit_over_offsets():
     assert not np.allclose(rope_average(config, (3, 20)), np.eye(8), atol=0.1)  # it does change the circuit
 
 
-@pytest.mark.parametrize("overrides", [dict(), dict(n_kv_heads=6, d_mlp=0)])
+QWEN_LIKE = dict(block=FAMILY_BLOCKS["qwen2"], architecture="qwen2")
+GEMMA_LIKE = dict(block=FAMILY_BLOCKS["gemma3"], architecture="gemma3", query_pre_attn_scalar=6.0, sliding_window=5,
+                  layer_types=("sliding_attention", "full_attention", "sliding_attention"), local_rope_theta=100.0)
+
+
+@pytest.mark.parametrize("overrides", [dict(), dict(n_kv_heads=6, d_mlp=0), QWEN_LIKE, GEMMA_LIKE],
+                         ids=["gqa", "mha-attention-only", "qkv-biases", "gemma3-block"])
 def test_factored_prediction_equals_brute_force(overrides):
     model = random_transformer(n_layers=3, **overrides)
     prediction = predict_induction(model, n_tokens=32, token_seed=1)
