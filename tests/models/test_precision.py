@@ -54,7 +54,7 @@ def test_weight_only_products_request_highest_precision():
     standins = jnp.ones((8, model.config.d_model), jnp.float32)
     earlier, later = _earlier_heads(w, standins), _later_heads(w, standins)
     programs = [
-        _edge_terms.lower(earlier, later, jnp.ones(8, bool)).as_text(),
+        _edge_terms.lower(earlier, later, jnp.ones(8, bool), model.config.attention_scale).as_text(),
         squared_product_norms.lower(left_factors(w), w, "k").as_text(),
     ]
     for text in programs:
