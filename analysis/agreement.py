@@ -43,8 +43,11 @@ def precision_at_k(predicted, measured, k: int) -> float:
 
 
 def spearman(predicted, measured) -> float:
-    """Spearman rank correlation over all heads."""
-    return float(stats.spearmanr(np.ravel(predicted), np.ravel(measured)).statistic)
+    """Spearman rank correlation over all heads; NaN (undefined) when either side is constant or not finite."""
+    predicted, measured = np.ravel(predicted), np.ravel(measured)
+    if not (np.isfinite(predicted).all() and np.isfinite(measured).all()) or np.ptp(predicted) == 0 or np.ptp(measured) == 0:
+        return float("nan")
+    return float(stats.spearmanr(predicted, measured).statistic)
 
 
 @dataclasses.dataclass(frozen=True)

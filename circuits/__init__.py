@@ -5,6 +5,8 @@ The public face, imported lazily so that ``import circuits.models`` stays light:
 - :func:`load` (a model), :func:`open_weights` (a streamed tensor source for weight-only
   analysis), :func:`load_tokenizer`, :func:`provenance`, and :func:`open_checkpoint` (a path resolved once
   into a handle that does all four) (from :mod:`circuits.convert`);
+- the error types (:class:`CheckpointError`, :class:`TokenizerError`, :class:`ModelDownloadError`,
+  :class:`ConfigError`, :class:`MeshError`, :class:`NotEnoughMemoryError`, :class:`WriteError`, :class:`OutputError`);
 - :func:`report` (the weight-only prediction validated by forward passes, :mod:`circuits.report`);
 - sub-packages :mod:`circuits.models`, :mod:`circuits.convert`, :mod:`circuits.analysis`,
   and one per experiment: :mod:`circuits.report`, :mod:`circuits.icl`, :mod:`circuits.formation`.
@@ -23,6 +25,17 @@ _PUBLIC = {
     "provenance": "circuits.convert.loading",
     "load_tokenizer": "circuits.convert.tokenizer",
 }
+_PUBLIC.update({
+    "CheckpointError": "circuits.convert.errors",
+    "TokenizerError": "circuits.convert.tokenizer",
+    "ModelDownloadError": "circuits.convert.named_models",
+    "ConfigError": "circuits.models.config",
+    "MeshError": "circuits.models.sharding",
+    "NotEnoughMemoryError": "circuits.world_errors",
+    "WriteError": "circuits.world_errors",
+    "OutputError": "circuits.utils",
+})
+"""The error types, so research code can catch them: ``except circuits.CheckpointError``."""
 _SUBPACKAGES = {"models", "convert", "analysis", "report", "icl", "formation"}
 
 __all__ = sorted(_PUBLIC) + ["report", "__version__"]

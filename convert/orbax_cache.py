@@ -19,6 +19,7 @@ from circuits.models.config import ConfigError, ModelConfig
 from circuits.models.sharding import check_mesh_fits, param_sharding
 from circuits.models.transformer import Transformer
 from circuits.utils import remove_stale_partials, swap_in
+from circuits.world_errors import check_room, library_noise_held, raise_as_write_error
 
 MARKER = "circuits_cache.json"
 FORMAT_VERSION = 2
@@ -48,6 +49,10 @@ def check_destination(destination: str | Path, *, overwrite: bool, source: str |
     """Refuse, before any work, a cache destination that must not be written: an existing one without
     ``overwrite``, anything that is not a cache this project wrote, or the source checkpoint itself."""
     destination = Path(destination).absolute()
+    blocking = next((parent for parent in destination.parents if parent.exists() and not parent.is_dir()), None)
+    if blocking is not None:
+        raise FileExistsError(f"cannot write the cache {destination}: {blocking} is a file, not a directory; fix: choose a path "
+                              "whose parents are directories")
     if source is not None and Path(source).exists():
         origin = Path(source).absolute()
         if origin == destination or destination in origin.parents or origin in destination.parents:
@@ -72,18 +77,24 @@ def save_cache(model: Transformer, destination: str | Path, *, overwrite: bool =
     """
     destination = check_destination(destination, overwrite=overwrite, source=source)
     remove_stale_partials(destination)
+    _, state = nnx.split(model)
+    params = nnx.to_pure_dict(state)
+    sizes = [leaf.nbytes for leaf in jax.tree.leaves(params)]
+    check_room(destination.parent, sum(sizes), max(sizes), f"the cache {destination}")
     staging = destination.with_name(f".{destination.name}.partial-{os.getpid()}")
     retired = destination.with_name(f".{destination.name}.old-{os.getpid()}")
     shutil.rmtree(staging, ignore_errors=True)
     staging.mkdir(parents=True)
     try:
-        _, state = nnx.split(model)
-        params = nnx.to_pure_dict(state)
-        with ocp.StandardCheckpointer() as checkpointer:
-            checkpointer.save(staging / "params", params)
-            checkpointer.wait_until_finished()
+        try:
+            with library_noise_held(), ocp.StandardCheckpointer() as checkpointer:
+                checkpointer.save(staging / "params", params)
+                checkpointer.wait_until_finished()
+        except Exception as err:  # Orbax and TensorStore report a full disk in their own words
+            raise_as_write_error(err, f"the cache {destination}")
+            raise
         meta = {"format_version": FORMAT_VERSION, "dtype": str(model.dtype), "config": model.config.to_dict(),
-                "checksums": _checksums(params)}
+                "checksums": _checksums(params), "source": None if source is None else str(Path(source).absolute())}
         (staging / MARKER).write_text(json.dumps(meta, indent=2))
         if tokenizer is not None:
             tokenizer.save(str(staging / "tokenizer.json"))
@@ -121,6 +132,28 @@ def _read_marker(path: Path) -> tuple[ModelConfig, jnp.dtype, dict]:
         raise CheckpointError(path, [f"{MARKER} config is invalid: {err}"], again) from err
 
 
+def rebuild_command(path: Path, meta: dict) -> str:
+    """The fix for a damaged cache: the exact command that rebuilds it (from the source recorded at conversion)."""
+    source = meta.get("source")
+    return f"rebuild it with: circuits convert {source if isinstance(source, str) else 'SOURCE'} {path} --force"
+
+
+def _damaged_arrays(message: str, targets: dict) -> str:
+    """Which arrays a TensorStore / Orbax error is about: those it names, else those whose shape matches the
+    index it failed to read, else all of it."""
+    import re
+
+    names = [jax.tree_util.keystr(p, simple=True, separator=".") for p, _ in jax.tree_util.tree_flatten_with_path(targets)[0]]
+    named = sorted({name for name in names if f"{name}/" in message})
+    if not named:
+        extents = tuple(int(stop) for stop in re.findall(r"slice\(0, (\d+), 1\)", message))
+        shapes = {jax.tree_util.keystr(p, simple=True, separator="."): leaf.shape for p, leaf in jax.tree_util.tree_flatten_with_path(targets)[0]}
+        named = sorted(name for name, shape in shapes.items() if extents and tuple(shape) == extents)
+    reason = next((line for line in message.splitlines() if line.strip()), type(message).__name__)
+    reason = reason.split(" See full TensorStore details")[0].split(" [tensorstore_spec")[0][:160]
+    return f"({'array ' + ', '.join(named) if named else 'its array files'}: {reason})"
+
+
 def load_cache(path: str | Path, *, dtype=None, mesh: Mesh | None = None) -> Transformer:
     """Restore a model written by :func:`save_cache`, cast to ``dtype`` and sharded over ``mesh``."""
     path = Path(path).absolute()  # Orbax refuses relative paths
@@ -135,17 +168,17 @@ def load_cache(path: str | Path, *, dtype=None, mesh: Mesh | None = None) -> Tra
         return jax.ShapeDtypeStruct(leaf.shape, stored_dtype, sharding=sharding)
 
     targets = jax.tree_util.tree_map_with_path(target, nnx.to_pure_dict(abstract_state))
+    rebuild = rebuild_command(path, meta)
     try:
-        with ocp.StandardCheckpointer() as checkpointer:
+        with library_noise_held(), ocp.StandardCheckpointer() as checkpointer:
             restored = checkpointer.restore(path / "params", targets)
     except Exception as err:  # Orbax and TensorStore raise many types for damaged files
-        message = str(err).splitlines()[0][:200] if str(err) else type(err).__name__
-        raise CheckpointError(path, [f"orbax checkpoint is incomplete or corrupt: {message}"], "convert the source again") from err
+        raise CheckpointError(path, [f"the cache's data {_damaged_arrays(str(err), targets)} is damaged or missing"], rebuild) from err
     expected = meta.get("checksums")
     if expected is not None:
         damaged = sorted(name for name, value in _checksums(restored).items() if expected.get(name) != value)
         if damaged:
-            raise CheckpointError(path, [f"checksum mismatch in {name}" for name in damaged], "convert the source again")
+            raise CheckpointError(path, [f"checksum mismatch in {name}" for name in damaged], rebuild)
     if dtype != stored_dtype:
         restored = jax.tree.map(lambda x: x.astype(dtype), restored)
     nnx.replace_by_pure_dict(abstract_state, restored)

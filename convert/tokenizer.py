@@ -158,6 +158,18 @@ def tokenizer_from_gguf(path: str | Path | GGUFFile) -> Tokenizer:
     return tokenizer
 
 
+def _tokenizer_json(path: Path, kind: str) -> Tokenizer:
+    """A ``tokenizer.json``, or :class:`TokenizerError` naming the file and the fix when it is damaged (the
+    tokenizers library raises a bare ``Exception`` for garbage, an empty file, binary bytes or the wrong shape)."""
+    try:
+        return Tokenizer.from_file(str(path))
+    except Exception as err:
+        reason = (str(err).splitlines() or [type(err).__name__])[0][:120]
+        fix = ("rebuild the cache with circuits convert" if kind == "cache" else
+               "restore the model's own tokenizer.json (or delete it to use its tokenizer.model)")
+        raise TokenizerError(f"{path} is not a readable tokenizer.json ({reason}); fix: {fix}") from err
+
+
 def tokenizer_at(path: Path, kind: str, gguf_file: GGUFFile | None = None) -> Tokenizer:
     """The tokenizer of a resolved checkpoint of ``kind`` (see :class:`circuits.convert.loading.Checkpoint`): from
     a GGUF file's metadata (``gguf_file``: that file already open), else the directory's ``tokenizer.json`` (a convert cache keeps its source's), else
@@ -171,7 +183,7 @@ def tokenizer_at(path: Path, kind: str, gguf_file: GGUFFile | None = None) -> To
         return tokenizer_from_gguf(gguf_file or path)
     directory = path if path.is_dir() else path.parent
     if (directory / TOKENIZER_FILE).is_file():
-        return Tokenizer.from_file(str(directory / TOKENIZER_FILE))
+        return _tokenizer_json(directory / TOKENIZER_FILE, kind)
     if (directory / "tokenizer.model").is_file():
         return tokenizer_from_sentencepiece(directory / "tokenizer.model")
     fix = ("convert the source again (caches keep the tokenizer of a source that has one)" if kind == "cache" else

@@ -103,11 +103,15 @@ def _fused_attention(q: jax.Array, k: jax.Array, v: jax.Array, scale: float, vis
     causal, or over the keys ``visible`` bool[T, S] (a sliding window) when given.
 
     Flat query head h = k * G + g reads KV head k, as ``jax.nn.dot_product_attention`` groups them.
-    Float32 inputs are multiplied in full float32 (the XLA path's einsums would default to TF32 on GPUs).
+    Float32 inputs are multiplied in full float32 (the XLA path's einsums would default to TF32 on GPUs); float16
+    inputs on a CPU are computed in float32 (its dot has no float16 kernel with float32 accumulation).
     """
     b, t, n_kv, g, d = q.shape
+    dtype = q.dtype
+    if dtype == jnp.float16 and jax.default_backend() == "cpu":  # XLA's CPU dot has no float16 x float16 -> float32
+        q, k, v = (x.astype(jnp.float32) for x in (q, k, v))
     full = q.dtype == jnp.float32
     mask = None if visible is None else visible[None, None]
     with jax.default_matmul_precision("highest") if full else contextlib.nullcontext():
         z = jax.nn.dot_product_attention(q.reshape(b, t, n_kv * g, d), k, v, mask=mask, scale=scale, is_causal=visible is None)
-    return z.reshape(b, t, n_kv, g, d)
+    return z.reshape(b, t, n_kv, g, d).astype(dtype)

@@ -8,6 +8,7 @@ from __future__ import annotations
 
 import dataclasses
 import json
+import sys
 from typing import Any
 
 import numpy as np
@@ -198,13 +199,17 @@ def validate_prediction(model, predicted: np.ndarray, k: int, *, source_heads: n
     confirmed = [(layer, head) for layer, head in top_heads(predicted, k) if prefix[layer, head] >= confirm_threshold]
     sources = [tuple(source_heads[layer, head]) for layer, head in top_heads(predicted, k)]
     previous_token_sources = sum(1 for sl, sh in sources if sl >= 0 and scores["previous_token"][sl, sh] >= PREVIOUS_TOKEN_THRESHOLD)
+    correlation = spearman(predicted, prefix)
+    if not np.isfinite(correlation):
+        print("warning: the Spearman correlation is undefined (the measured or predicted scores are constant or not finite); "
+              "the report says so and is written as usual", file=sys.stderr)
     return Validation(
         data=results["attention"]["prefix_matching"].source,
         prefix_matching=prefix,
         previous_token=scores["previous_token"],
         duplicate_token=scores["duplicate_token"],
         copying=results["copying"].scores,
-        spearman=spearman(predicted, prefix),
+        spearman=correlation,
         precision_at_k=precision_at_k(predicted, prefix, k),
         ablation=results["ablation"],
         knockout_loss=results["knockout"],
@@ -280,7 +285,8 @@ def report(
 def _check_validation_fits(config, dtype, mesh) -> None:
     """Refuse up front a validation run that cannot fit (mesh that does not divide the KV heads, too little memory)."""
     from circuits.models.sharding import check_mesh_fits
-    from circuits.report.resources import check_fits, dtype_bytes, validation_memory_bytes
+    from circuits.report.resources import dtype_bytes, validation_memory_bytes
+    from circuits.world_errors import check_fits
 
     if mesh is not None:
         check_mesh_fits(mesh, config.n_kv_heads)
@@ -289,5 +295,5 @@ def _check_validation_fits(config, dtype, mesh) -> None:
         validation_memory_bytes(config, dtype_bytes(dtype), 16, 101) // devices,
         "--validate (the forward passes)",
         "run without --validate (the weight-only analysis streams the weights), load with --dtype bfloat16, "
-        "or spread the model over a --mesh",
+        "spread the model over a --mesh, or raise the memory limit",
     )

@@ -7,6 +7,7 @@ markdown-it-py and places them, with inline SVG figures, in a Jinja2 template.
 from __future__ import annotations
 
 import jinja2
+import numpy as np
 from markdown_it import MarkdownIt
 from markupsafe import Markup
 
@@ -32,6 +33,13 @@ READING_GUIDE = """\
 * Ablation losses are mean next-token losses (nats) on the later repeats; random heads: mean +- std over seeds.
 * **single-head ablation**: the loss increase of zero-ablating one head, estimated for every head from one
   forward and one backward (attribution patching), then computed exactly for the 2k heads it ranks highest."""
+
+
+def _number(value, spec: str) -> str:
+    """A statistic for the page, or why it has no value (a correlation of constant scores is undefined)."""
+    if value is None or not np.isfinite(value):
+        return "undefined (measured scores are constant)"
+    return format(value, spec)
 
 
 def head_rows(report) -> tuple[list[str], list[list[str]]]:
@@ -122,8 +130,8 @@ def summary_lines(report) -> list[str]:
         lines += [
             f"Measured on {v.data}.",
             f"{len(v.confirmed)} of the top {report.k} predicted heads are confirmed induction heads (prefix matching >= "
-            f"{v.confirm_threshold}); precision@{report.k} {v.precision_at_k:.2f}; Spearman correlation of predicted "
-            f"induction with prefix matching over all heads {v.spearman:.3f}.",
+            f"{v.confirm_threshold}); precision@{report.k} {_number(v.precision_at_k, '.2f')}; Spearman correlation of predicted "
+            f"induction with prefix matching over all heads {_number(v.spearman, '.3f')}.",
             f"Zero-ablating all {report.k} top predicted heads (confirmed or not) raises the loss on the repeats by "
             f"{a.increase:+.2f} nats; {report.k} random heads: {a.random_increase:+.2f}; the {report.k} heads of highest "
             f"measured prefix matching: {v.measured_top_ablated_loss - a.clean_loss:+.2f}.",

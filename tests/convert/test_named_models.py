@@ -71,3 +71,24 @@ def test_chunked_model_with_a_wrong_hash_leaves_nothing(tmp_path, monkeypatch):
     with pytest.raises(ModelDownloadError, match="SHA-256"):
         fetch_named_model("toy")
     assert [p.name for p in (tmp_path / "toy").iterdir()] == []
+
+
+def test_a_damaged_fetched_file_is_fetched_again_on_its_own(tmp_path, monkeypatch, capsys):
+    import hashlib
+    import os
+
+    monkeypatch.setenv("CIRCUITS_CACHE", str(tmp_path))
+    payload = bytes(range(256)) * 1000
+    monkeypatch.setitem(NAMED_MODELS, "toy", _chunked_model(tmp_path, payload, hashlib.sha256(payload).hexdigest()))
+    path = fetch_named_model("toy")
+    with open(path, "r+b") as file:  # cut short
+        file.truncate(1000)
+    assert fetch_named_model("toy").read_bytes() == payload
+    assert "is damaged (1000 bytes, 256000 expected); fetching it again" in capsys.readouterr().err
+    blob = bytearray(payload)
+    blob[5000] ^= 1  # same size, other bytes, touched since the fetch
+    path.write_bytes(bytes(blob))
+    os.utime(path, ns=(path.stat().st_atime_ns, path.stat().st_mtime_ns + 10**9))
+    assert fetch_named_model("toy").read_bytes() == payload
+    assert "SHA-256 differs" in capsys.readouterr().err
+    assert fetch_named_model("toy").read_bytes() == payload and capsys.readouterr().err == ""

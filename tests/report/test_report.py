@@ -91,9 +91,9 @@ def test_cli_errors_name_cause_and_fix_and_write_nothing(tmp_path, capsys, monke
     mesh_error = run_failing(["report", str(tmp_path / "llama"), "--validate", "--mesh", "data=1,model=8", "--out", str(out)], capsys)
     assert "2 KV heads" in mesh_error or "kv heads" in mesh_error.lower()
 
-    import circuits.report.resources
+    import circuits.world_errors
 
-    monkeypatch.setattr(circuits.report.resources, "available_memory_bytes", lambda: 1000)
+    monkeypatch.setattr(circuits.world_errors, "available_memory_bytes", lambda: (1000, "available"))
     memory_error = run_failing(["report", str(tmp_path / "llama"), "--validate", "--out", str(out)], capsys)
     assert "needs about" in memory_error and "without --validate" in memory_error
     assert not out.exists() and not list(tmp_path.glob(".never*"))
