@@ -319,11 +319,15 @@ def build_parser() -> argparse.ArgumentParser:
 def use_compilation_cache() -> Path:
     """Keep XLA's compiled programs in ``<cache directory>/xla`` between runs (JAX's persistent
     compilation cache), so a second cold start of a command skips most compilation."""
+    import resource
+
     import jax
 
     from circuits.convert.named_models import cache_directory
 
     directory = cache_directory() / "xla"
+    if resource.getrlimit(resource.RLIMIT_FSIZE)[0] != resource.RLIM_INFINITY:
+        return directory  # under a file-size limit entries could be cut short: compile without the cache
     jax.config.update("jax_compilation_cache_dir", str(directory))
     jax.config.update("jax_persistent_cache_min_compile_time_secs", 0.2)
     jax.config.update("jax_persistent_cache_min_entry_size_bytes", 0)
@@ -331,7 +335,7 @@ def use_compilation_cache() -> Path:
 
 
 def main(argv: list[str] | None = None) -> int:
-    from circuits.world_errors import describe, keep_terminal, quiet_libraries, report_failure
+    from circuits.world_errors import describe, keep_terminal, quiet_libraries, report_failure, storage_failure
 
     args = build_parser().parse_args(argv)
     if argv is None:  # a real command line (a call from Python keeps its own stderr)
@@ -345,7 +349,7 @@ def main(argv: list[str] | None = None) -> int:
         os.dup2(os.open(os.devnull, os.O_WRONLY), sys.stdout.fileno())
         return 141
     except USER_ERRORS as err:
-        report_failure(str(err))
+        report_failure(describe(err) if storage_failure(err) else str(err))
         return 2
     except (OSError, MemoryError) as err:
         report_failure(describe(err))

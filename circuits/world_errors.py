@@ -64,6 +64,7 @@ def quiet_libraries() -> None:
     for name in ("absl", "orbax", "jax._src.distributed", "asyncio"):
         logging.getLogger(name).setLevel(logging.CRITICAL)
     warnings.filterwarnings("ignore", message=".*input array is constant.*")
+    warnings.filterwarnings("ignore", message="Error (reading|writing) persistent compilation cache entry")  # JAX recompiles
     previous = sys.excepthook
 
     def hook(kind, value, traceback):

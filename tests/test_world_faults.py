@@ -173,3 +173,51 @@ def test_kill_during_convert_force_leaves_the_old_cache(world):
         assert digest(world / "cache") == old or run_cli(["info", "cache"], world)[0] == 0
     assert run_cli(["convert", "f32", "cache", "--force"], world)[0] == 0
     assert not [p for p in world.iterdir() if p.name.startswith(".cache")]
+
+
+def start(args, cwd):
+    return subprocess.Popen([sys.executable, "-m", "circuits.cli", *args], cwd=cwd, stdout=subprocess.DEVNULL, stderr=subprocess.PIPE, text=True)
+
+
+def test_racing_converts_and_reports_end_whole(world):
+    import circuits
+
+    processes = [start(["convert", "f32", "raced", "--force"], world) for _ in range(3)]
+    errors = [process.communicate(timeout=300)[1] for process in processes]
+    assert all("Traceback" not in error for error in errors), errors
+    tokens = np.random.default_rng(0).integers(0, 256, (1, 16)).astype(np.int32)
+    np.testing.assert_array_equal(np.asarray(circuits.load(world / "raced")(tokens)),
+                                  np.asarray(circuits.load(world / "f32", show_progress=False)(tokens)))
+    processes = [start(["report", "f32", "--out", "shared", "--top", "2"], world) for _ in range(2)]
+    assert all(process.wait(timeout=300) == 0 for process in processes)
+    report = json.loads((world / "shared" / "report.json").read_text())
+    assert report["k"] == 2 and (world / "shared" / "report.html").stat().st_size > 1000
+    assert not [p for p in world.iterdir() if p.name.startswith((".raced", ".shared"))]
+
+
+def test_kill_during_a_report_leaves_the_old_one(world):
+    assert run_cli(["report", "f32", "--out", "killed", "--top", "2"], world)[0] == 0
+    old = digest(world / "killed")
+    for delay in (3.0, 6.0):
+        process = start(["report", "f32", "--validate", "--out", "killed", "--top", "2"], world)
+        time.sleep(delay)
+        process.send_signal(signal.SIGKILL)
+        process.wait()
+        after = json.loads((world / "killed" / "report.json").read_text())  # always a whole report, old or new
+        assert digest(world / "killed") == old or after["validation"] is not None
+
+
+def test_error_types_are_reachable_from_the_top_of_the_package():
+    import circuits
+    from circuits.convert import CheckpointError, TokenizerError
+
+    assert circuits.CheckpointError is CheckpointError and circuits.TokenizerError is TokenizerError
+    assert issubclass(circuits.NotEnoughMemoryError, MemoryError) and issubclass(circuits.WriteError, OSError)
+    assert {"ConfigError", "MeshError", "ModelDownloadError", "OutputError"} <= set(dir(circuits))
+
+
+def test_full_disk_while_training_leaves_no_half_checkpoint(world):
+    rc, _, stderr = run_cli(["train", "--quick", "--steps", "100", "--out", "trained"], world, fsize=50_000)
+    assert_one_error_line(rc, stderr, "file-size limit", "training checkpoint")
+    assert "persistent compilation cache" not in stderr
+    assert not [p for p in (world / "trained").rglob("*") if "orbax-checkpoint-tmp" in p.name]

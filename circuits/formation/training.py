@@ -10,6 +10,7 @@ from __future__ import annotations
 
 import dataclasses
 import json
+import shutil
 from pathlib import Path
 
 import jax
@@ -24,6 +25,7 @@ from circuits.formation.measures import Measures, evaluate_fn, measure, phase_ch
 from circuits.formation.tasks import FewShotTask, RepeatTask, TaskBatch
 from circuits.models.config import ModelConfig
 from circuits.models.transformer import Transformer
+from circuits.world_errors import library_noise_held, raise_as_write_error
 
 EVAL_BATCH = 512
 
@@ -197,7 +199,8 @@ class Trainer:
         self._evaluate = evaluate_fn(clamp)
         self.manager = None
         if checkpoint_dir is not None:
-            options = ocp.CheckpointManagerOptions(max_to_keep=2, create=True)
+            # synchronous: a failed write (a full disk) is raised here, in one piece, not printed by a background thread
+            options = ocp.CheckpointManagerOptions(max_to_keep=2, create=True, enable_async_checkpointing=False)
             self.manager = ocp.CheckpointManager(Path(checkpoint_dir).absolute(), options=options, item_names=("state", "history"))
             self._restore()
 
@@ -238,7 +241,15 @@ class Trainer:
     def _save(self) -> None:
         histories = [[m.to_dict() for m in history] for history in self.histories]
         saved = {"settings": self.settings.identity(), "clamp": self.clamp.name, "seeds": histories}
-        self.manager.save(self.step, args=ocp.args.Composite(state=ocp.args.StandardSave(self._tree()), history=ocp.args.JsonSave(saved)))
+        try:
+            with library_noise_held():
+                self.manager.save(self.step, args=ocp.args.Composite(state=ocp.args.StandardSave(self._tree()), history=ocp.args.JsonSave(saved)))
+                self.manager.wait_until_finished()
+        except Exception as err:
+            for partial in self.manager.directory.glob("*.orbax-checkpoint-tmp*"):  # the step that failed: never half-written
+                shutil.rmtree(partial, ignore_errors=True)
+            raise_as_write_error(err, f"the training checkpoint of step {self.step}")
+            raise
 
     def _measure(self, step: int) -> list[Measures]:
         measures = []
