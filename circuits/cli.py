@@ -335,7 +335,15 @@ def use_compilation_cache() -> Path:
 
 
 def main(argv: list[str] | None = None) -> int:
-    from circuits.world_errors import describe, keep_terminal, quiet_libraries, report_failure, storage_failure
+    from circuits.world_errors import (
+        describe,
+        keep_terminal,
+        memory_failure,
+        prepare_for_address_limit,
+        quiet_libraries,
+        report_failure,
+        storage_failure,
+    )
 
     args = build_parser().parse_args(argv)
     if argv is None:  # a real command line (a call from Python keeps its own stderr)
@@ -343,6 +351,7 @@ def main(argv: list[str] | None = None) -> int:
     quiet_libraries()
     use_compilation_cache()
     try:
+        prepare_for_address_limit()
         args.run(args)
         sys.stdout.flush()
     except BrokenPipeError:  # the reader of stdout went away (`| head`): end quietly, as git and ls do
@@ -352,6 +361,11 @@ def main(argv: list[str] | None = None) -> int:
         report_failure(describe(err) if storage_failure(err) else str(err))
         return 2
     except (OSError, MemoryError) as err:
+        report_failure(describe(err))
+        return 2
+    except Exception as err:  # XLA reports an exhausted allocator as a runtime error
+        if not memory_failure(err):
+            raise
         report_failure(describe(err))
         return 2
     except KeyboardInterrupt:

@@ -26,7 +26,7 @@ def storage_failure(err: BaseException) -> int | None:
         if isinstance(err, OSError) and err.errno in WRITE_LIMITS:
             return err.errno
         text = str(err)
-        if "No space left" in text or "RESOURCE_EXHAUSTED" in text:
+        if "No space left" in text or ("RESOURCE_EXHAUSTED" in text and "Out of memory" not in text):
             return errno.ENOSPC
         if "File too large" in text or "OUT_OF_RANGE: Error writing" in text:
             return errno.EFBIG
@@ -34,9 +34,15 @@ def storage_failure(err: BaseException) -> int | None:
     return None
 
 
+def memory_failure(err: BaseException) -> bool:
+    """Whether ``err`` says an allocation failed: a MemoryError, ENOMEM, or XLA's ``Out of memory``."""
+    first_line = (str(err).splitlines() or [""])[0]
+    return isinstance(err, MemoryError) or (isinstance(err, OSError) and err.errno == errno.ENOMEM) or "Out of memory" in first_line
+
+
 def describe(err: BaseException) -> str:
-    """One line for an OSError or MemoryError: the cause, the file, and the fix."""
-    if isinstance(err, MemoryError):
+    """One line for a failed write or allocation: the cause, the file, and the fix."""
+    if memory_failure(err):
         return (f"not enough memory ({str(err).splitlines()[0][:160] if str(err) else 'an allocation failed'}); "
                 "fix: --dtype bfloat16, a --mesh over more devices, run without --validate, or a larger memory limit")
     code = storage_failure(err)
@@ -106,8 +112,32 @@ RUNTIME_ADDRESS_SPACE = 512 * 2**20
 reservation (0.2 to 0.5 GB measured on CPU): counted only against an address-space limit (``ulimit -v``)."""
 
 
+RUNTIME_START = 256 * 2**20
+"""Address space JAX's CPU runtime takes when it starts, with malloc arenas capped (about 0.12 GB measured)."""
+
+
 class NotEnoughMemoryError(MemoryError):
     """The chosen mode needs more memory than this machine, or this process's limit, has available."""
+
+
+def prepare_for_address_limit() -> None:
+    """Under an address-space limit (``ulimit -v``), before the JAX runtime starts: let glibc keep 2 malloc arenas
+    (by default up to 8 per core, each reserving 64 MB of address space, which took 0.9 GB here as the runtime's
+    threads started), and refuse in one line a limit too low for the runtime to start at all (it would abort)."""
+    import ctypes
+    import resource
+
+    limit = resource.getrlimit(resource.RLIMIT_AS)[0]
+    if limit == resource.RLIM_INFINITY:
+        return
+    try:
+        ctypes.CDLL(None).mallopt(-8, 2)  # M_ARENA_MAX
+    except (OSError, AttributeError):
+        pass
+    left = limit - (_kilobytes("VmSize", "/proc/self/status") or 0)
+    if left < RUNTIME_START:
+        raise NotEnoughMemoryError(f"the address-space limit of {limit / 1e9:.2f} GB (ulimit -v) leaves {max(left, 0) / 1e9:.2f} GB, "
+                                   f"less than JAX's CPU runtime takes to start (about {RUNTIME_START / 1e9:.2f} GB); fix: raise the limit")
 
 
 def _kilobytes(field: str, path: str) -> int | None:

@@ -87,9 +87,22 @@ def test_full_disk_while_writing_a_report_or_a_prediction_keeps_the_old_one(worl
 
 
 def test_a_memory_limit_is_one_line_before_the_work(world):
-    rc, _, stderr = run_cli(["report", "f32", "--validate", "--out", "never", "--top", "2"], world, address_space=1_500_000_000)
+    rc, _, stderr = run_cli(["report", "f32", "--validate", "--out", "never", "--top", "2"], world, address_space=1_000_000_000)
     assert_one_error_line(rc, stderr, "address-space limit", "raise the memory limit")
+    rc, _, stderr = run_cli(["analyze", "f32"], world, address_space=700_000_000)  # too low for JAX's runtime to start
+    assert_one_error_line(rc, stderr, "less than JAX's CPU runtime takes to start", "raise the limit")
     assert not (world / "never").exists()
+    rc, _, stderr = run_cli(["report", "f32", "--validate", "--out", "validated", "--top", "2"], world, address_space=1_600_000_000)
+    assert rc == 0, stderr  # malloc arenas capped under the limit: what fits runs
+
+
+def test_exhausted_allocators_are_described_as_memory_not_disk():
+    from circuits.world_errors import describe, memory_failure, storage_failure
+
+    xla = RuntimeError("RESOURCE_EXHAUSTED: Out of memory allocating 54879960 bytes.")
+    assert memory_failure(xla) and storage_failure(xla) is None and describe(xla).startswith("not enough memory")
+    store = RuntimeError('RESOURCE_EXHAUSTED: Error writing "x" in OCDBT database: No space left on device')
+    assert not memory_failure(store) and describe(store).startswith("no space left")
 
 
 @pytest.mark.parametrize("damage", ["truncated data file", "missing manifest", "emptied data directory"])
