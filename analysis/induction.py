@@ -19,6 +19,11 @@ The gain tells an induction head from a head whose QK only weakly prefers the ma
 trained models, heads one layer below the induction heads often have a high Z but a small gain).
 Method ``kcomp-token-z`` drops the gain factor (``S * max(Z, 0)``), for comparison.
 
+Method ``token-zgain-rms`` (``max(Z, 0) * max(G', 0)``) drops the K-composition ratio and puts the gain in nats at
+the reading head's real input: G' is G divided by the residual RMS of the typical stand-in at the reading layer
+(what its input norm divides by) and, with post-attention norms, by the RMS of the writing head's own output
+(what that norm divides by). No free constant; its scores are comparable across layers and models.
+
 Everything goes through D x D factors (no n x n, V x V or M x M matrix), in one streaming pass:
 ``P_ji = W_O^j W_K'^i`` [D, D] is the one M-long product per head pair, and
 
@@ -57,7 +62,7 @@ from circuits.models.layers import einsum
 from circuits.models.layout import TensorSource
 from circuits.utils import progress, rounded_list
 
-METHODS = ("kcomp-token-zgain", "kcomp-token-z", "ov-kcomp-eigen")
+METHODS = ("kcomp-token-zgain", "kcomp-token-z", "token-zgain-rms", "ov-kcomp-eigen")
 
 SCHEMA_VERSION = 3  # of InductionPrediction.to_dict
 
@@ -157,6 +162,16 @@ def _earlier_heads(w: AttentionWeights, standins: jax.Array) -> EarlierHeads:
     ov_norm = later_norms(w, "v").reshape(w.wo.shape[:2])
     values = _einsum("nm,mkd->nkd", standins, w.wv) + (0.0 if w.bv is None else w.bv)
     return EarlierHeads(w.wo, value_factor, ov_norm, values)
+
+
+@jax.jit
+def _output_rms(heads: EarlierHeads, keep: jax.Array) -> jax.Array:
+    """f32[A, G]: RMS over the kept stand-ins and M of each head's output ``x W_V W_O`` (from D x D Grams)."""
+    weight = keep.astype(jnp.float32)
+    values = heads.values * weight[:, None, None]
+    value_gram = _einsum("nad,nae->ade", values, values) / jnp.maximum(weight.sum(), 1.0)
+    output_gram = _einsum("agdm,agem->agde", heads.wo.astype(jnp.float32), heads.wo.astype(jnp.float32))
+    return jnp.sqrt(jnp.maximum(_einsum("ade,aged->ag", value_gram, output_gram) / heads.wo.shape[-1], 1e-30))
 
 
 @jax.jit
@@ -277,7 +292,7 @@ class PredictorSettings:
     def __post_init__(self):
         if self.method not in METHODS:
             raise ValueError(f"unknown prediction method {self.method!r}; choose from {', '.join(METHODS)}")
-        if self.method.startswith("kcomp-token") and self.n_tokens < 2:
+        if self.method != "ov-kcomp-eigen" and self.n_tokens < 2:
             raise ValueError(f"n_tokens must be at least 2, got {self.n_tokens}")
 
     @classmethod
@@ -384,6 +399,8 @@ def _predict_token_level(
     token_z = np.zeros_like(k_composition)
     token_gain = np.zeros_like(k_composition)
     previous_token = np.zeros((n_layers, n_heads), np.float32)
+    output_rms = np.ones((n_layers, n_heads), np.float32)
+    residual_rms = np.ones(n_layers, np.float32)
     offset_tables = {kind: offset_rotations(config, kind) for kind in set(config.layer_kinds)}
     scale = config.attention_scale
     per_layer_bytes = n_heads * d * n_heads * d * 4
@@ -408,17 +425,32 @@ def _predict_token_level(
             token_z[start:stop, :, layer, :] = np.asarray(z[:real]).reshape(stop - start, n_heads, n_heads)
             token_gain[start:stop, :, layer, :] = np.asarray(gain[:real]).reshape(stop - start, n_heads, n_heads)
         heads = _earlier_heads(w, x)
+        output_rms[layer] = np.asarray(_output_rms(heads, keep)).reshape(-1)
+        residual_rms[layer] = standins.residual_rms
         earlier.append(dataclasses.replace(heads, wo=heads.wo.astype(product_dtype)))
         standins.advance()
     rotation = None if settings.rope_offsets is None else jnp.asarray(rope_average(config, settings.rope_offsets))
     baseline = composition_baseline(config, "k", rotation=rotation)  # full-attention layers' RoPE
     k_scores = CompositionScores("k", k_composition, *baseline, preprocessing)
     ov = HeadScores("ov_copying", copying_score(eigenvalues).astype(np.float32), preprocessing)
-    edge_strength = k_scores.ratio() * np.clip(token_z, 0.0, None)
+    if settings.method == "token-zgain-rms":
+        token_gain = token_gain * _gain_scale(config, output_rms, residual_rms)
+        edge_strength = np.clip(token_z, 0.0, None) * np.clip(token_gain, 0.0, None)
+    else:
+        edge_strength = k_scores.ratio() * np.clip(token_z, 0.0, None)
     if settings.method == "kcomp-token-zgain":
         edge_strength = edge_strength * np.clip(token_gain, 0.0, None)
     previous = HeadScores("previous_token_preference", previous_token, preprocessing)
     return _assemble(settings, ov, k_scores, token_z, edge_strength.astype(np.float32), preprocessing, n_edges, previous, token_gain)
+
+
+def _gain_scale(config, output_rms: np.ndarray, residual_rms: np.ndarray) -> np.ndarray:
+    """f32[L, N, L, 1]: what turns the token logit gain of head j into head i into nats at head i's real input. The
+    stand-ins the earlier head reads have unit RMS, but what it writes joins a residual whose RMS at the reading
+    layer is ``residual_rms`` [L] (the reading layer normalises by it); with post-attention norms the head's output
+    is first normalised itself (by its own RMS ``output_rms`` [L, N], as if it dominated its layer's output)."""
+    written = 1.0 / output_rms if config.block.post_norms else np.ones_like(output_rms)
+    return (written[:, :, None, None] / residual_rms[None, None, :, None]).astype(np.float32)
 
 
 def _predict_ov_kcomp_eigen(

@@ -60,7 +60,8 @@ class TokenStandins:
     """Stand-ins layer by layer, advanced in step with a streaming pass over the weights.
 
     ``current()`` gives the stand-ins read by the attention of the current layer, f32[n, M], and the
-    mask bool[n] of tokens kept so far; ``advance()`` then applies that layer's MLP block.
+    mask bool[n] of tokens kept so far (and sets ``residual_rms``, the median RMS of the residual before the
+    norm); ``advance()`` then applies that layer's MLP block.
     """
 
     reader: WeightReader
@@ -80,6 +81,7 @@ class TokenStandins:
         finite = np.isfinite(rms)
         median = np.median(rms[self.keep & finite]) if (self.keep & finite).any() else np.inf
         self.keep &= finite & (rms <= self.blowup * median)
+        self.residual_rms = float(median)  # the typical token's residual RMS here: what the attention input is divided by
         return jnp.where(jnp.asarray(self.keep)[:, None], normalised, 0.0), self.keep.copy()
 
     def advance(self) -> None:

@@ -15,16 +15,18 @@ from circuits.models.layout import FAMILY_BLOCKS
 from circuits.models.rope import apply_rotary, rotary_tables
 
 
-def brute_standins(model, ids: np.ndarray) -> list[np.ndarray]:
+def brute_standins(model, ids: np.ndarray, with_rms: bool = False):
     """float64 stand-ins per layer: embeddings (times the embedding scale) through the model's own MLP blocks only
-    (pre- and post-norms with their offsets), RMS-normalised."""
+    (pre- and post-norms with their offsets), RMS-normalised; with ``with_rms`` also each layer's median RMS of the
+    residual before normalising."""
     c = model.config
     offset = c.block.norm_offset
     rms = lambda v: np.sqrt((v * v).mean(-1, keepdims=True))  # noqa: E731
     x = np.asarray(model.tensor("embed"), np.float64)[ids] * (np.sqrt(c.d_model) if c.block.embed_scale else 1.0)
-    out = []
+    out, medians = [], []
     for layer in range(c.n_layers):
         out.append(x / rms(x))
+        medians.append(float(np.median(rms(x))))
         if c.attention_only:
             continue
         mlp = jax.tree.map(lambda p: p[layer], model.blocks.mlp)  # this layer's slice of the scanned MLP
@@ -33,7 +35,7 @@ def brute_standins(model, ids: np.ndarray) -> list[np.ndarray]:
         if c.block.post_norms:
             update = update / np.sqrt(rms(update) ** 2 + c.rms_norm_eps) * (offset + np.asarray(model.tensor("post_mlp_norm", layer)))
         x = x + update
-    return out
+    return (out, medians) if with_rms else out
 
 
 def brute_query_key(model, layer: int, x: np.ndarray):
@@ -121,6 +123,24 @@ def test_factored_prediction_equals_brute_force(overrides):
     assert prediction.source_of(layer, head) == np.unravel_index(np.argmax(expected[:, :, layer, head]), (3, 6))
 
 
+@pytest.mark.parametrize("overrides", [dict(), GEMMA_LIKE], ids=["pre-norm", "post-norms"])
+def test_rms_normalised_gain_is_the_gain_at_the_reading_heads_input(overrides):
+    """token-zgain-rms: G divided by the median residual RMS of the stand-ins at the reading layer and, with
+    post-norms, by the RMS of the writing head's own output; both against dense brute force."""
+    model = random_transformer(n_layers=3, **overrides)
+    c = model.config
+    x, residual_rms = brute_standins(model, sample_token_ids(c.vocab_size, 32, 1), with_rms=True)
+    rms_method = predict_induction(model, n_tokens=32, token_seed=1, method="token-zgain-rms")
+    plain = predict_induction(model, n_tokens=32, token_seed=1)
+    for l1 in range(c.n_layers):
+        _, _, wv, wo = dense_heads(model, l1)
+        output_rms = np.array([np.sqrt(np.mean(np.square(x[l1] @ wv[h] @ wo[h]))) for h in range(c.n_heads)])
+        written = 1.0 / output_rms if c.block.post_norms else np.ones(c.n_heads)
+        for l2 in range(l1 + 1, c.n_layers):
+            expected = plain.token_gain[l1, :, l2, :] * written[:, None] / residual_rms[l2]
+            np.testing.assert_allclose(rms_method.token_gain[l1, :, l2, :], expected, rtol=1e-4, atol=1e-7)
+
+
 def test_prediction_records_its_method_and_legacy_method_is_reachable():
     model = random_transformer(n_layers=3)
     new = predict_induction(model, n_tokens=64, token_seed=3, rope_offsets=(4, 64))
@@ -189,11 +209,12 @@ def test_testbeds_trained_by_the_project_rank_their_induction_heads_first(shape)
     prefix, previous = measured["prefix_matching"].scores, measured["previous_token"].scores
     inducting = prefix >= 0.75
     assert inducting.sum() >= 2, prefix.round(2)  # training did form induction heads
-    prediction = predict_induction(model)
-    predicted = prediction.predicted_induction.scores
     k = int((prefix >= 0.5).sum())
-    print(f"{shape}: {inducting.sum()} induction heads, precision@{k} {precision_at_k(predicted, prefix, k):.2f}, "
-          f"Spearman {spearman(predicted, prefix):.3f}")
+    for method in ("token-zgain-rms", "kcomp-token-zgain"):  # the comparison method's figures are printed, the default's asserted
+        prediction = predict_induction(model, method=method)
+        predicted = prediction.predicted_induction.scores
+        print(f"{shape} {method}: {inducting.sum()} induction heads, precision@{k} {precision_at_k(predicted, prefix, k):.2f}, "
+              f"Spearman {spearman(predicted, prefix):.3f}")
     assert predicted[inducting].min() > predicted[prefix < 0.5].max(), (predicted.round(2), prefix.round(2))
     for layer, head in zip(*np.nonzero(inducting)):
         assert previous[prediction.source_of(layer, head)] >= 0.5, (layer, head, prediction.source_of(layer, head))
