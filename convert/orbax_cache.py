@@ -94,7 +94,7 @@ def save_cache(model: Transformer, destination: str | Path, *, overwrite: bool =
             raise_as_write_error(err, f"the cache {destination}")
             raise
         meta = {"format_version": FORMAT_VERSION, "dtype": str(model.dtype), "config": model.config.to_dict(),
-                "checksums": _checksums(params), "source": None if source is None else str(Path(source).absolute())}
+                "checksums": _checksums(params), "source": None if source is None else str(Path(source).absolute() if Path(source).exists() else source)}
         (staging / MARKER).write_text(json.dumps(meta, indent=2))
         if tokenizer is not None:
             tokenizer.save(str(staging / "tokenizer.json"))

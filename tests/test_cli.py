@@ -133,5 +133,4 @@ def test_json_is_strict_and_non_finite_scores_are_null():
     assert rounded_list(np.array([[0.1234567, np.nan], [np.inf, -np.inf]])) == [[0.123457, None], [None, None]]
     text = json_text({"scores": np.array([1.0, np.nan]), "value": np.float32(0.5)})
     assert json.loads(text) == {"scores": [1.0, None], "value": 0.5} and "NaN" not in text
-    with pytest.raises(ValueError):
-        json_text({"bad": float("nan")})  # a bare NaN is refused, never written
+    assert json.loads(json_text({"undefined": float("nan"), "nested": [float("inf")]})) == {"undefined": None, "nested": [None]}

@@ -113,7 +113,7 @@ def test_damaged_cache_data_is_refused(demo_cache):
             try:
                 loaded = circuits.load(demo_cache)
             except CheckpointError as err:
-                assert "convert the source again" in str(err)
+                assert "circuits convert" in str(err) and "--force" in str(err)
                 refused += 1
                 continue
             for name in ("embed", "final_norm", "unembed"):
@@ -125,7 +125,7 @@ def test_damaged_cache_data_is_refused(demo_cache):
     assert refused > 0
     for path in data:
         path.write_bytes(path.read_bytes()[: path.stat().st_size // 3])  # truncated files
-    with pytest.raises(CheckpointError, match="convert the source again"):
+    with pytest.raises(CheckpointError, match="is damaged or missing.*rebuild it with: circuits convert"):
         circuits.load(demo_cache)
 
 
