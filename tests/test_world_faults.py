@@ -5,7 +5,6 @@ limit), memory limits, damaged caches and tokenizers, degenerate models, a close
 import hashlib
 import json
 import os
-import resource
 import shutil
 import signal
 import subprocess
@@ -17,18 +16,22 @@ import numpy as np
 import pytest
 from safetensors.numpy import load_file, save_file
 
+LIMITED = """import resource, runpy, sys
+for kind, value in ((resource.RLIMIT_FSIZE, {fsize}), (resource.RLIMIT_AS, {address_space})):
+    if value is not None:
+        resource.setrlimit(kind, (value, value))
+sys.argv = ["circuits", *sys.argv[1:]]
+runpy.run_module("circuits.cli", run_name="__main__")
+"""
+"""The child sets its own limits before the CLI starts (no ``preexec_fn``: Python code between fork and exec can
+deadlock a parent that runs JAX's threads)."""
+
 
 def run_cli(args, cwd, fsize=None, address_space=None, stdout=subprocess.PIPE):
-    """(exit status, stdout, stderr) of ``python -m circuits.cli ARGS`` in a fresh process under the given limits."""
-
-    def limits():
-        if fsize is not None:
-            resource.setrlimit(resource.RLIMIT_FSIZE, (fsize, fsize))
-        if address_space is not None:
-            resource.setrlimit(resource.RLIMIT_AS, (address_space, address_space))
-
-    result = subprocess.run([sys.executable, "-m", "circuits.cli", *map(str, args)], cwd=cwd, preexec_fn=limits,
-                            stdout=stdout, stderr=subprocess.PIPE, text=True, timeout=300)
+    """(exit status, stdout, stderr) of the ``circuits`` CLI with ARGS in a fresh process under the given limits."""
+    program = LIMITED.format(fsize=fsize, address_space=address_space)
+    result = subprocess.run([sys.executable, "-c", program, *map(str, args)], cwd=cwd, stdout=stdout, stderr=subprocess.PIPE,
+                            text=True, timeout=300)
     return result.returncode, result.stdout, result.stderr
 
 
