@@ -37,17 +37,25 @@ def random_heads(n_layers: int, n_heads: int, k: int, seed: int, like: list[tupl
     return chosen
 
 
+def _undefined(predicted, measured) -> bool:
+    """Rankings of constant or non-finite scores mean nothing: statistics over them are undefined."""
+    predicted, measured = np.ravel(predicted), np.ravel(measured)
+    return not (np.isfinite(predicted).all() and np.isfinite(measured).all()) or np.ptp(predicted) == 0 or np.ptp(measured) == 0
+
+
 def precision_at_k(predicted, measured, k: int) -> float:
-    """Share of the k top predicted heads that are among the k top measured heads."""
+    """Share of the k top predicted heads that are among the k top measured heads; NaN (undefined) when either
+    side is constant or not finite (its top k would be an arbitrary tie-break)."""
+    if _undefined(predicted, measured):
+        return float("nan")
     return len(set(top_heads(predicted, k)) & set(top_heads(measured, k))) / k
 
 
 def spearman(predicted, measured) -> float:
     """Spearman rank correlation over all heads; NaN (undefined) when either side is constant or not finite."""
-    predicted, measured = np.ravel(predicted), np.ravel(measured)
-    if not (np.isfinite(predicted).all() and np.isfinite(measured).all()) or np.ptp(predicted) == 0 or np.ptp(measured) == 0:
+    if _undefined(predicted, measured):
         return float("nan")
-    return float(stats.spearmanr(predicted, measured).statistic)
+    return float(stats.spearmanr(np.ravel(predicted), np.ravel(measured)).statistic)
 
 
 @dataclasses.dataclass(frozen=True)

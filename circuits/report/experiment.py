@@ -201,8 +201,8 @@ def validate_prediction(model, predicted: np.ndarray, k: int, *, source_heads: n
     previous_token_sources = sum(1 for sl, sh in sources if sl >= 0 and scores["previous_token"][sl, sh] >= PREVIOUS_TOKEN_THRESHOLD)
     correlation = spearman(predicted, prefix)
     if not np.isfinite(correlation):
-        print("warning: the Spearman correlation is undefined (the measured or predicted scores are constant or not finite); "
-              "the report says so and is written as usual", file=sys.stderr)
+        print("warning: the Spearman correlation and precision@k are undefined (the measured or predicted scores are constant "
+              "or not finite); the report says so and is written as usual", file=sys.stderr)
     return Validation(
         data=results["attention"]["prefix_matching"].source,
         prefix_matching=prefix,
