@@ -7,7 +7,6 @@ from pathlib import Path
 
 import jax
 import jax.numpy as jnp
-import numpy as np
 from flax import nnx
 from jax.sharding import Mesh
 
@@ -19,7 +18,7 @@ from circuits.convert.named_models import NAMED_MODELS, fetch_named_model
 from circuits.convert.orbax_cache import cache_config, cache_dtype, is_cache, load_cache
 from circuits.models.config import ModelConfig
 from circuits.models.demo import DEMO_NAME, planted_induction_model
-from circuits.models.layout import PARAMS, TensorSource, canonical_shape, expected_params, parameter_count
+from circuits.models.layout import TensorSource, largest_stacked_param, parameter_count
 from circuits.models.transformer import Transformer
 from circuits.utils import remove_stale_partials
 from circuits.world_errors import check_fits
@@ -111,9 +110,8 @@ class Checkpoint:
             model = load_cache(self.path, dtype=dtype, mesh=mesh)
         else:
             config, dtype_ = self.reader().config, resolve_dtype(dtype, self.reader().dtype)
-            largest = max(np.prod(canonical_shape(name, config)) * (1 if PARAMS[name].module == "model" else config.n_layers)
-                          for name in sum(expected_params(config), ()))
-            check_fits((parameter_count(config) + 2 * int(largest)) * dtype_.itemsize, f"loading {self.source} in {dtype_}",
+            needed = parameter_count(config) + 2 * largest_stacked_param(config)  # the model, one stacked parameter in flight
+            check_fits(needed * dtype_.itemsize, f"loading {self.source} in {dtype_}",
                        "load with --dtype bfloat16, spread the model over a --mesh, or raise the memory limit")
             model = build_transformer(self.reader(), dtype=dtype, mesh=mesh, show_progress=show_progress)
         self._model = model

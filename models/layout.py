@@ -117,6 +117,13 @@ def parameter_count(config: ModelConfig) -> int:
     return sum(count(n) for n in global_names) + config.n_layers * sum(count(n) for n in layer_names)
 
 
+def largest_stacked_param(config: ModelConfig) -> int:
+    """Number of values of the largest parameter as the model stores it (per-layer ones stacked over [L])."""
+    global_names, layer_names = expected_params(config)
+    count = lambda name: int(np.prod(canonical_shape(name, config)))  # noqa: E731
+    return max([count(n) for n in global_names] + [config.n_layers * count(n) for n in layer_names])
+
+
 class TensorSource(Protocol):
     """Anything that yields canonical tensors: an HF directory, a GGUF file, an Orbax cache, a loaded model."""
 
