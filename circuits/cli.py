@@ -8,9 +8,11 @@ import os
 import sys
 from pathlib import Path
 
+from circuits import distributed
 from circuits.analysis.induction import METHODS
 from circuits.convert.errors import CheckpointError
 from circuits.convert.named_models import DEFAULT_MODEL, ModelDownloadError
+from circuits.distributed import DistributedError
 from circuits.formation.clamps import DEFAULT_CLAMPS
 from circuits.models.config import ConfigError
 from circuits.models.sharding import MeshError, parse_mesh
@@ -30,6 +32,7 @@ DTYPES = ("float32", "bfloat16", "float16")
 
 USER_ERRORS = (
     CheckpointError,
+    DistributedError,
     ConfigError,
     MeshError,
     ModelDownloadError,
@@ -41,11 +44,20 @@ USER_ERRORS = (
 )
 
 
+def _one_process_only(verb: str) -> None:
+    from circuits import distributed
+
+    if distributed.process_count() > 1:
+        raise DistributedError(f"`circuits {verb}` runs in one process (it writes per-process state); fix: run it "
+                               "without --coordinator/--distributed or the launcher")
+
+
 def _convert(args: argparse.Namespace) -> None:
     from circuits.convert.loading import open_checkpoint
     from circuits.convert.orbax_cache import check_destination, save_cache
     from circuits.convert.tokenizer import TokenizerError
 
+    _one_process_only("convert")
     checkpoint = open_checkpoint(args.source)
     check_destination(args.destination, overwrite=args.force, source=checkpoint.path)
     try:
@@ -204,6 +216,7 @@ def _train(args: argparse.Namespace) -> None:
     from circuits.formation.experiment import FormationResult, run_formation
     from circuits.formation.training import QUICK, TrainSettings
 
+    _one_process_only("train")
     settings = QUICK if args.quick else TrainSettings()
     names = ("task", "steps", "seed", "seeds", "checkpoint_every")
     overrides = {name: getattr(args, name) for name in names if getattr(args, name) is not None}
@@ -251,6 +264,15 @@ def _add_dtype(parser: argparse.ArgumentParser, purpose: str) -> None:
     parser.add_argument("--dtype", choices=DTYPES, default=None, help=f"{purpose} (default: the checkpoint's own)")
 
 
+def _add_processes(parser: argparse.ArgumentParser) -> None:
+    group = parser.add_argument_group("multi-process runs (jax.distributed; see python -m circuits.launch to try one on one machine)")
+    group.add_argument("--coordinator", default=None, metavar="HOST:PORT", help="address of process 0 (with the next two)")
+    group.add_argument("--num-processes", type=int, default=None, metavar="N", help="how many processes take part")
+    group.add_argument("--process-id", type=int, default=None, metavar="I", help="this process's index, 0 to N-1")
+    group.add_argument("--distributed", action="store_true",
+                       help="let JAX detect the three on SLURM, Open MPI, TPU pods or Kubernetes")
+
+
 def build_parser() -> argparse.ArgumentParser:
     from circuits import __version__
 
@@ -260,6 +282,7 @@ def build_parser() -> argparse.ArgumentParser:
 
     def command(name: str, help_text: str, run) -> argparse.ArgumentParser:
         sub = commands.add_parser(name, help=help_text, description=help_text, formatter_class=_HelpFormatter)
+        _add_processes(sub)
         sub.set_defaults(run=run)
         return sub
 
@@ -341,7 +364,6 @@ def main(argv: list[str] | None = None) -> int:
         memory_failure,
         prepare_for_address_limit,
         quiet_libraries,
-        report_failure,
         storage_failure,
     )
 
@@ -352,27 +374,34 @@ def main(argv: list[str] | None = None) -> int:
     use_compilation_cache()
     try:
         prepare_for_address_limit()
+        distributed.initialize(args.coordinator, args.num_processes, args.process_id, detect=args.distributed)
         args.run(args)
         sys.stdout.flush()
     except BrokenPipeError:  # the reader of stdout went away (`| head`): end quietly, as git and ls do
         os.dup2(os.open(os.devnull, os.O_WRONLY), sys.stdout.fileno())
         return 141
     except USER_ERRORS as err:
-        report_failure(describe(err) if storage_failure(err) else str(err))
-        return 2
+        return _failed(describe(err) if storage_failure(err) else str(err))
     except (OSError, MemoryError) as err:
-        report_failure(describe(err))
-        return 2
+        return _failed(describe(err))
     except Exception as err:  # XLA reports an exhausted allocator as a runtime error
         if not memory_failure(err):
+            distributed.fail(1, f"{type(err).__name__}: {err}")
             raise
-        report_failure(describe(err))
-        return 2
+        return _failed(describe(err))
     except KeyboardInterrupt:
         print("interrupted; nothing was written", file=sys.stderr)
         return 130
-    return 0
+    return distributed.finish(0)
 
+
+def _failed(message: str, status: int = 2) -> int:
+    """Print the one error line; in a multi-process run, tell the others and leave with them."""
+    from circuits.world_errors import report_failure
+
+    report_failure(message)
+    distributed.fail(status, message)
+    return distributed.finish(status)
 
 if __name__ == "__main__":
     sys.exit(main())

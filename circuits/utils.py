@@ -12,6 +12,8 @@ from typing import Callable, Iterable, Iterator, TypeVar
 
 import numpy as np
 
+from circuits.distributed import is_writer
+
 T = TypeVar("T")
 
 
@@ -93,8 +95,11 @@ def remove_stale_partials(target: str | Path) -> None:
 
 
 def atomic_write_text(path: str | Path, text: str) -> Path:
-    """Write ``text`` to ``path`` through a temporary file in the same directory, then rename: never half-written."""
+    """Write ``text`` to ``path`` through a temporary file in the same directory, then rename: never half-written.
+    In a multi-process run only process 0 writes (:func:`circuits.distributed.is_writer`)."""
     path = Path(path)
+    if not is_writer():
+        return path
     path.parent.mkdir(parents=True, exist_ok=True)
     remove_stale_partials(path)
     handle, temporary = tempfile.mkstemp(dir=path.parent, prefix=f".{path.name}.partial-{os.getpid()}-")
@@ -151,9 +156,12 @@ def write_files(directory: str | Path, files: dict[str, str | bytes], keep: tupl
     into place, and the old one deleted. An interrupt leaves either the old set or the new one.
     A directory holding anything else is refused (:class:`OutputError`), never emptied, except the
     entries named in ``keep`` (e.g. training checkpoints): when one is present, the files are
-    renamed into place one by one instead, and the kept entries are left alone.
+    renamed into place one by one instead, and the kept entries are left alone. In a multi-process run only
+    process 0 writes.
     """
     directory = Path(directory).absolute()
+    if not is_writer():
+        return directory
     check_output_directory(directory, tuple(files), keep)
     directory.parent.mkdir(parents=True, exist_ok=True)
     remove_stale_partials(directory)

@@ -14,7 +14,7 @@ from jax.sharding import Mesh
 
 from circuits.models.config import ModelConfig
 from circuits.models.layout import GLOBAL_PARAMS, TensorSource
-from circuits.models.sharding import check_mesh_fits, param_sharding
+from circuits.models.sharding import check_mesh_fits, global_array, param_sharding
 from circuits.models.transformer import Transformer
 from circuits.utils import progress
 
@@ -40,6 +40,14 @@ def leaf_name(path) -> str:
     return [k for k in keys if isinstance(k, str) and k != "value"][-1]
 
 
+def tensor_block(source: TensorSource, name: str, layer: int | None, index: tuple[slice, ...]) -> np.ndarray:
+    """Block ``index`` of canonical tensor ``name`` (of ``layer``): read alone where the source can
+    (``tensor_block`` of a memory-mapped checkpoint), else cut from the whole tensor."""
+    if hasattr(source, "tensor_block"):
+        return source.tensor_block(name, layer, index)
+    return np.asarray(source.tensor(name, layer))[index]
+
+
 def build_transformer(
     source: TensorSource, *, dtype=None, mesh: Mesh | None = None, show_progress: bool = True
 ) -> Transformer:
@@ -53,14 +61,21 @@ def build_transformer(
 
     def load(path, leaf) -> jax.Array:
         name = leaf_name(path)
+        if mesh is not None:  # each process reads only the blocks its devices hold
+            return global_array(leaf.shape, param_sharding(name, leaf.shape, mesh), lambda index: read_block(name, index))
         array = np.empty(leaf.shape, dtype=dtype)
         if name in GLOBAL_PARAMS:
             array[...] = source.tensor(name)
         else:
             for layer in range(config.n_layers):
                 array[layer] = source.tensor(name, layer)
-        sharding = param_sharding(name, leaf.shape, mesh) if mesh is not None else None
-        return jax.device_put(array, sharding)
+        return jax.device_put(array)
+
+    def read_block(name: str, index: tuple[slice, ...]) -> np.ndarray:
+        if name in GLOBAL_PARAMS:
+            return tensor_block(source, name, None, index).astype(dtype)
+        layers = range(config.n_layers)[index[0]]
+        return np.stack([tensor_block(source, name, layer, index[1:]) for layer in layers]).astype(dtype)
 
     loaded = [load(path, leaf) for path, leaf in progress(leaves, f"loading {source.description}", enabled=show_progress)]
     return nnx.merge(graphdef, jax.tree_util.tree_unflatten(treedef, loaded))

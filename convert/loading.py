@@ -102,10 +102,11 @@ class Checkpoint:
     def load(self, *, dtype=None, mesh: Mesh | None = None, show_progress: bool = True) -> Transformer:
         """The model as a :class:`Transformer` (see :func:`load`); kept, so a later :meth:`weights` reuses it."""
         if self.kind == "demo":
-            if mesh is not None:
-                raise ValueError("the demo model is tiny; load it without a mesh")
             model = planted_induction_model()
-            model = model if dtype is None else _cast(model, resolve_dtype(dtype, None))
+            if mesh is not None:  # built in code: the built model is the tensor source of the sharded one
+                model = build_transformer(model, dtype=dtype, mesh=mesh, show_progress=False)
+            elif dtype is not None:
+                model = _cast(model, resolve_dtype(dtype, None))
         elif self.kind == "cache":
             model = load_cache(self.path, dtype=dtype, mesh=mesh)
         else:

@@ -98,13 +98,24 @@ class TableCheckpoint:
     def _checked(self, stored: str) -> np.ndarray:
         """Stored tensor ``stored``, refused if it holds NaN or infinite values (each tensor is checked as it is
         read, so a streaming pass pays one extra scan of memory it reads anyway)."""
-        array = self._read(stored)
+        return self._finite(stored, self._read(stored))
+
+    def _finite(self, stored: str, array: np.ndarray) -> np.ndarray:
         finite = np.isfinite(array)
         if not finite.all():
             bad = int(finite.size - np.count_nonzero(finite))
             raise CheckpointError(self._source, [f"tensor {stored} holds {bad} NaN or infinite values"],
                                   "re-download or re-export the checkpoint; these weights cannot give meaningful scores")
         return array
+
+    def tensor_block(self, name: str, layer: int | None, index: tuple[slice, ...]) -> np.ndarray:
+        """Block ``index`` of canonical tensor ``name`` (of ``layer``), a new array: a memory-mapped stored tensor is
+        cut as a view before anything is copied, so only the block's pages are read (what one process of a
+        multi-process load needs); checked for NaN and infinite values like :meth:`tensor`."""
+        tensor_rule = self._producer[name]
+        stored = tensor_rule.stored_name.format(i=layer)
+        view = tensor_rule.split(self._read(stored), self.config)[name]
+        return self._finite(stored, np.array(view[index]))
 
     def tensor(self, name: str, layer: int | None = None) -> np.ndarray:
         """Canonical tensor ``name`` (of ``layer`` for per-layer parameters)."""

@@ -7,6 +7,8 @@ first, then build the same mesh over ``jax.devices()``.
 
 from __future__ import annotations
 
+from typing import Callable
+
 import jax
 import numpy as np
 from jax.sharding import Mesh, NamedSharding, PartitionSpec
@@ -34,9 +36,10 @@ def make_mesh(data: int = 1, model: int | None = None, devices=None) -> Mesh:
     if model is None:
         model = len(devices) // data
     if data * model != len(devices) or data < 1 or model < 1:
+        over = f" over {jax.process_count()} processes" if jax.process_count() > 1 else ""
         raise MeshError(
             f"a mesh of data={data} x model={model} needs {data * model} devices, but {len(devices)} are "
-            f"available; fix: choose sizes whose product is {len(devices)}"
+            f"available{over}; fix: choose sizes whose product is {len(devices)}"
         )
     auto = (jax.sharding.AxisType.Auto,) * 2  # XLA propagates shardings from the parameters
     return jax.make_mesh((data, model), ("data", "model"), devices=devices, axis_types=auto)
@@ -72,6 +75,27 @@ def param_sharding(name: str, shape: tuple[int, ...], mesh: Mesh) -> NamedShardi
     return NamedSharding(mesh, PartitionSpec(*spec))
 
 
+def global_array(shape: tuple[int, ...], sharding: NamedSharding, read: Callable[[tuple[slice, ...]], np.ndarray]) -> jax.Array:
+    """A ``jax.Array`` of ``shape`` laid out as ``sharding`` (over one process's devices or a multi-process mesh),
+    each shard this process holds produced by ``read(index)``; an index held by several local devices (a
+    replica) is read once. In a multi-process run each process so reads only its own shards."""
+    blocks: dict[tuple, np.ndarray] = {}
+
+    def shard(index: tuple[slice, ...]) -> np.ndarray:
+        key = tuple((part.start, part.stop, part.step) if isinstance(part, slice) else part for part in index)
+        if key not in blocks:
+            blocks[key] = read(index)
+        return blocks[key]
+
+    return jax.make_array_from_callback(tuple(shape), sharding, shard)
+
+
+def mesh_of(array: jax.Array) -> Mesh | None:
+    """The mesh ``array`` is laid out on (None for an array on one device)."""
+    sharding = getattr(array, "sharding", None)
+    return sharding.mesh if isinstance(sharding, NamedSharding) else None
+
+
 def batch_sharding(mesh: Mesh, ndim: int = 2) -> NamedSharding:
     """Shard the leading (batch) axis over ``data``."""
     return NamedSharding(mesh, PartitionSpec(LOGICAL_TO_MESH["batch"], *([None] * (ndim - 1))))
@@ -85,4 +109,5 @@ def shard_tokens(tokens, mesh: Mesh | None) -> jax.Array:
         raise MeshError(
             f"batch of {tokens.shape[0]} does not divide over the mesh's data axis of {mesh.shape['data']}"
         )
-    return jax.device_put(jax.numpy.asarray(tokens), batch_sharding(mesh, tokens.ndim))
+    tokens = np.asarray(tokens)
+    return global_array(tokens.shape, batch_sharding(mesh, tokens.ndim), lambda index: tokens[index])

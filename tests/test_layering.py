@@ -9,12 +9,13 @@ import pytest
 
 ROOT = Path(__file__).resolve().parents[1]
 FOLDERS = {"models": "circuits.models", "convert": "circuits.convert", "analysis": "circuits.analysis"}
-GROUND = ("circuits.utils", "circuits.plots", "circuits.world_errors")
+GROUND = ("circuits.utils", "circuits.plots", "circuits.world_errors", "circuits.distributed")
 ALLOWED = {
     "circuits.models": ("circuits.models",),
     "circuits.convert": ("circuits.convert", "circuits.models", *GROUND),
     "circuits.analysis": ("circuits.analysis", "circuits.models", *GROUND),
-    "circuits.utils": (),
+    "circuits.utils": ("circuits.distributed",),
+    "circuits.distributed": (),
     "circuits.world_errors": (),
     "circuits.plots": ("circuits.utils",),
     "circuits.report": ("circuits.report", "circuits.analysis", "circuits.convert", "circuits.models", *GROUND),
