@@ -18,9 +18,11 @@ import jax
 import jax.numpy as jnp
 import numpy as np
 from flax import nnx
+from jax.sharding import NamedSharding, PartitionSpec
 
 from circuits.models.config import ModelConfig
 from circuits.models.interventions import Interventions
+from circuits.models.sharding import global_array, host_array, mesh_of
 from circuits.models.transformer import Transformer
 from circuits.utils import progress
 
@@ -135,6 +137,21 @@ def _chunk_size(config: ModelConfig, data: SweepData, largest_group: int, chunk:
     return max(1, -(-largest_group // calls))
 
 
+class _SetPlacement:
+    """Puts a chunk of head sets bool[c, ...] on the model's mesh with the set axis split over ``data`` (so a
+    multi-process or multi-device sweep divides the sets among the device rows); on one device, as it is."""
+
+    def __init__(self, mesh):
+        self.mesh = mesh
+        self.split = 1 if mesh is None else mesh.shape["data"]
+
+    def __call__(self, sets: np.ndarray) -> jax.Array:
+        if self.mesh is None:
+            return jnp.asarray(sets)
+        sharding = NamedSharding(self.mesh, PartitionSpec("data", *([None] * (sets.ndim - 1))))
+        return global_array(sets.shape, sharding, lambda index: sets[index])
+
+
 def sweep_losses(
     model: Transformer,
     tokens,
@@ -172,16 +189,18 @@ def sweep_losses(
     graphdef, state = nnx.split(model)
     groups = {layer: np.nonzero(first_layers == layer)[0] for layer in np.unique(first_layers)}
     size = _chunk_size(config, data, max(len(members) for members in groups.values()), chunk)
+    place = _SetPlacement(mesh_of(model.embed[...]))
+    size = -(-size // place.split) * place.split  # every device row along ``data`` gets the same number of sets
     calls = [(layer, members[i : i + size]) for layer, members in groups.items() for i in range(0, len(members), size)]
     if show_progress is None:
         show_progress = n > 8
     losses = np.zeros(n, np.float32)
     for layer, members in progress(calls, f"sweep over {n} head sets", enabled=show_progress):
         padded = np.resize(members, size)  # a full chunk (repeating members), so every call has one shape
-        knock = None if knock_out is None else jnp.asarray(np.asarray(knock_out, bool)[padded])
+        knock = None if knock_out is None else place(np.asarray(knock_out, bool)[padded])
         start = min(int(layer), config.n_layers - 1)  # untouched sets run the last layer, unchanged
-        result = _sweep_chunk(graphdef, state, residuals[start], jnp.int32(start), data, base, jnp.asarray(ablate[padded]), knock)
-        losses[members] = np.asarray(result)[: len(members)]
+        result = _sweep_chunk(graphdef, state, residuals[start], jnp.int32(start), data, base, place(ablate[padded]), knock)
+        losses[members] = host_array(result)[: len(members)]
     return losses
 
 
@@ -204,9 +223,9 @@ def estimate_sweep_losses(
     clean, (scale_grad, gate_grad) = _loss_gradients(graphdef, state, data, base)
     change = np.zeros(sets.shape[0], np.float64)
     if ablate is not None:  # scale 1 -> 0: change = -dL/ds
-        change -= np.einsum("nlkg,lkg->n", np.asarray(ablate, np.float64), np.asarray(scale_grad, np.float64))
+        change -= np.einsum("nlkg,lkg->n", np.asarray(ablate, np.float64), host_array(scale_grad).astype(np.float64))
     if knock_out is not None:  # gate 0 -> 1: change = +dL/dgate
-        change += np.einsum("nlkg,lkg->n", np.asarray(knock_out, np.float64), np.asarray(gate_grad, np.float64))
+        change += np.einsum("nlkg,lkg->n", np.asarray(knock_out, np.float64), host_array(gate_grad).astype(np.float64))
     return (float(clean) + change).astype(np.float32)
 
 

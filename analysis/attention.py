@@ -24,6 +24,7 @@ from circuits.analysis.targets import (
     previous_token_targets,
 )
 from circuits.models.layers import einsum
+from circuits.models.sharding import host_array
 from circuits.models.transformer import Transformer
 
 ATTENTION_SCORES = {
@@ -64,7 +65,7 @@ def attention_scores(model: Transformer, tokens=None, *, seeds: tuple[int, ...] 
     totals: dict[str, np.ndarray] = {}
     for batch, _, _ in data:
         for name, share in _attention_shares(model, jnp.asarray(batch)).items():
-            totals[name] = totals.get(name, 0.0) + np.asarray(share, np.float32)
+            totals[name] = totals.get(name, 0.0) + host_array(share).astype(np.float32)
     source = data[0][1]
     n_heads = model.config.n_heads
     return {
@@ -124,6 +125,6 @@ def copying_scores(model: Transformer, tokens=None, *, positions=None, seeds: tu
     total = 0.0
     for batch, _, later in data:
         chosen = tuple(range(later, batch.shape[1])) if positions is None else tuple(int(p) for p in positions)
-        total = total + np.asarray(_direct_copying(model, jnp.asarray(batch), chosen), np.float32)
+        total = total + host_array(_direct_copying(model, jnp.asarray(batch), chosen)).astype(np.float32)
     source = data[0][1]
     return HeadScores("copying", (total / len(data)).reshape(-1, model.config.n_heads), None, source=f"forward pass on {source}")

@@ -45,6 +45,7 @@ import jax
 import jax.numpy as jnp
 import numpy as np
 
+from circuits import distributed
 from circuits.analysis.composition import (
     CHUNK_BYTES,
     composition_baseline,
@@ -406,6 +407,7 @@ def _predict_token_level(
     per_layer_bytes = n_heads * d * n_heads * d * 4
     block = max(1, min(CHUNK_BYTES // per_layer_bytes, n_layers - 1))
     earlier: list[EarlierHeads] = []
+    task = -1  # blocks of layer pairs, split round-robin over the processes of a multi-process run
     for layer in progress(range(n_layers), "induction circuits (weights)", enabled=show_progress):
         x, keep = standins.current()
         keep = jnp.asarray(keep)
@@ -418,6 +420,9 @@ def _predict_token_level(
                                                                           offset_tables[config.layer_kinds[layer]], scale)).reshape(-1)
         later = dataclasses.replace(later, wk=later.wk.astype(product_dtype))
         for start in range(0, layer, block):
+            task += 1
+            if task % distributed.process_count() != distributed.process_index():
+                continue  # another process computes this block of layer pairs
             stop = min(start + block, layer)
             composition, z, gain = _edge_terms(_stack_block(earlier[start:stop], block), later, keep, scale)
             real = (stop - start) * n_kv
@@ -429,6 +434,7 @@ def _predict_token_level(
         residual_rms[layer] = standins.residual_rms
         earlier.append(dataclasses.replace(heads, wo=heads.wo.astype(product_dtype)))
         standins.advance()
+    k_composition, token_z, token_gain = (distributed.sum_over_processes(terms) for terms in (k_composition, token_z, token_gain))
     rotation = None if settings.rope_offsets is None else jnp.asarray(rope_average(config, settings.rope_offsets))
     baseline = composition_baseline(config, "k", rotation=rotation)  # full-attention layers' RoPE
     k_scores = CompositionScores("k", k_composition, *baseline, preprocessing)

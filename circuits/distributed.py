@@ -19,6 +19,7 @@ Ground module: it imports nothing of the project, and JAX only when a run is dis
 
 from __future__ import annotations
 
+import atexit
 import dataclasses
 import os
 import re
@@ -130,6 +131,8 @@ def initialize(coordinator: str | None = None, num_processes: int | None = None,
     if _state["count"] > 1:
         _state["watcher"] = threading.Thread(target=_watch_for_failures, name="circuits-failure-watcher", daemon=True)
         _state["watcher"].start()
+        atexit.register(_end_of_program)  # after jax's own exit handler is registered, so it runs first
+        sys.excepthook = _uncaught
     return _state["count"] > 1
 
 
@@ -191,6 +194,19 @@ def finish(status: int) -> int:
         pass
     _state["watcher"].join(timeout=30)
     return 0
+
+
+def _end_of_program() -> None:
+    """A program (a user's script) that ends without :func:`finish` still ends together with the others."""
+    if not _state["finished"] and not _state["failed"]:
+        finish(0)
+
+
+def _uncaught(kind, value, trace) -> None:
+    """An uncaught exception in one process: its traceback, then every process stops with status 1."""
+    sys.__excepthook__(kind, value, trace)
+    fail(1, f"{kind.__name__}: {value}")
+    _exit_now(1)
 
 
 def _watch_for_failures() -> None:

@@ -90,6 +90,16 @@ def global_array(shape: tuple[int, ...], sharding: NamedSharding, read: Callable
     return jax.make_array_from_callback(tuple(shape), sharding, shard)
 
 
+def host_array(array) -> np.ndarray:
+    """``array`` as a numpy array in this process, whole: gathered from the other processes when some of its
+    shards live only there (a multi-process mesh); every process must call it (it is a collective then)."""
+    if isinstance(array, jax.Array) and not (array.is_fully_addressable or array.is_fully_replicated):
+        from jax.experimental import multihost_utils
+
+        return np.asarray(multihost_utils.process_allgather(array, tiled=True))
+    return np.asarray(array)
+
+
 def mesh_of(array: jax.Array) -> Mesh | None:
     """The mesh ``array`` is laid out on (None for an array on one device)."""
     sharding = getattr(array, "sharding", None)

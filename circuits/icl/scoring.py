@@ -20,6 +20,7 @@ from circuits.analysis.losses import token_losses
 from circuits.analysis.targets import attention_share
 from circuits.icl.tasks import CATEGORIES, LABELS, Prompt, pattern_matching_lines
 from circuits.models.interventions import Interventions
+from circuits.models.sharding import host_array
 from circuits.models.transformer import Transformer
 
 Encode = Callable[[str], list[int]]
@@ -83,7 +84,7 @@ def label_log_likelihoods(
         chunk_interventions = interventions
         if knock_out is not None:
             chunk_interventions = interventions.knock_out(edges(rows), jnp.asarray(knock_out))
-        scores.append(np.asarray(_label_log_likelihood(model, rows, jnp.asarray(mask[start : start + chunk]), chunk_interventions)))
+        scores.append(host_array(_label_log_likelihood(model, rows, jnp.asarray(mask[start : start + chunk]), chunk_interventions)))
     return np.concatenate(scores)[:n].reshape(-1, batch.n_candidates)
 
 
@@ -138,7 +139,7 @@ def pattern_matching_heads(model: Transformer, encode: Encode, bos: int, top: in
     """The ``top`` heads by share of attention from each line's ":" to earlier labels of the same template
     (Olsson et al.'s pattern-matching heads), as (layer, head, share)."""
     tokens, targets = pattern_matching_batch(encode, bos)
-    shares = np.asarray(_pattern_shares(model, jnp.asarray(tokens), jnp.asarray(targets))).reshape(model.config.n_layers, -1)
+    shares = host_array(_pattern_shares(model, jnp.asarray(tokens), jnp.asarray(targets))).reshape(model.config.n_layers, -1)
     order = np.argsort(-shares, axis=None)[:top]
     return [(int(i) // shares.shape[1], int(i) % shares.shape[1], float(shares.ravel()[i])) for i in order]
 
