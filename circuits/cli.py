@@ -186,12 +186,16 @@ def _icl(args: argparse.Namespace) -> None:
 
     from circuits.convert.loading import open_checkpoint
     from circuits.icl.experiment import QUICK, ICLResult, ICLSettings, run_icl
+    from circuits.models.sharding import check_mesh_fits
 
     if args.out:
         ICLResult.check_output(args.out)
     checkpoint = open_checkpoint(args.model)
     tokenizer = checkpoint.tokenizer()
-    model = checkpoint.load(dtype=args.dtype)
+    mesh = parse_mesh(args.mesh) if args.mesh else None
+    if mesh is not None:
+        check_mesh_fits(mesh, checkpoint.config.n_kv_heads)
+    model = checkpoint.load(dtype=args.dtype, mesh=mesh)
     result = run_icl(model, tokenizer, str(args.model), QUICK if args.quick else ICLSettings())
     table = Table(title=f"In-context learning with induction heads removed: {args.model}")
     for column in ("task", "condition", "accuracy", "drop vs no ablation", "std over seeds"):
@@ -323,6 +327,7 @@ def build_parser() -> argparse.ArgumentParser:
     _add_model(icl, "a checkpoint with a tokenizer")
     icl.add_argument("--quick", action="store_true", help="16 prompts per task, 2 random seeds: a few minutes on 2 CPU cores")
     icl.add_argument("--out", default=None, help="also write icl.json, icl.md and icl.png into this directory")
+    icl.add_argument("--mesh", default=None, help="shard the forward passes over devices, e.g. data=1,model=8")
     _add_dtype(icl, "dtype of the forward passes")
 
     train = command("train", "train small models and watch induction heads form, with pattern clamps (Singh et al.)", _train)

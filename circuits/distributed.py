@@ -35,6 +35,7 @@ LAUNCHED = "CIRCUITS_LAUNCHED"
 FAILED_KEY = "circuits/failed"
 STATUS_KEY = "circuits/status/{process}"
 DONE = "done"  # posted under FAILED_KEY once every process has finished
+JOIN_MARGIN_S = 10  # JAX's join deadline is this much later than ours, so that ours (a clear error) comes first
 
 
 class DistributedError(ValueError):
@@ -103,8 +104,9 @@ def initialize(coordinator: str | None = None, num_processes: int | None = None,
     """Join a multi-process run (see :class:`Launch`; values missing here come from the ``CIRCUITS_*``
     environment). Returns False, doing nothing, when no setting asks for more than one process. Call it before
     anything else touches JAX's devices. A run the user started with ``jax.distributed.initialize`` is joined
-    as it is. ``timeout_s``: how long to wait for every process to connect; ``heartbeat_s``: after how long
-    without a heartbeat a process counts as dead (and all others stop)."""
+    as it is. ``timeout_s``: how long to wait for every process to connect (after it, the process prints one
+    error line and exits with status 2); ``heartbeat_s``: after how long without a heartbeat a process counts
+    as dead (and all others stop)."""
     import jax
 
     launch = Launch.resolve(coordinator, num_processes, process_id, detect)
@@ -112,19 +114,24 @@ def initialize(coordinator: str | None = None, num_processes: int | None = None,
         if not launch.distributed:
             return False
         jax.config.update("jax_cpu_collectives_implementation", "gloo")
+        where = f"process {launch.process_id} of {launch.num_processes}" if not launch.detect else "this process"
+        advice = (f"fix: start every process within {timeout_s} s of the others, with the same coordinator address "
+                  "(process 0's HOST:PORT, reachable from every host) and the same process count")
+        joined = threading.Event()
+        threading.Thread(target=_end_unless_joined, args=(joined, timeout_s, f"error: {where} could not join the run at "
+                         f"{launch.coordinator or 'the detected coordinator'} within {timeout_s} s; {advice}"),
+                         name="circuits-join-deadline", daemon=True).start()
         try:
             jax.distributed.initialize(
                 coordinator_address=launch.coordinator, num_processes=launch.num_processes, process_id=launch.process_id,
-                initialization_timeout=timeout_s, heartbeat_timeout_seconds=heartbeat_s,
+                initialization_timeout=timeout_s + JOIN_MARGIN_S, heartbeat_timeout_seconds=heartbeat_s,
             )
-        except Exception as err:  # XLA raises its own status errors (DEADLINE_EXCEEDED, UNAVAILABLE, ...)
-            where = f"process {launch.process_id} of {launch.num_processes}" if not launch.detect else "this process"
+        except Exception as err:  # XLA raises its own status errors (UNAVAILABLE, INVALID_ARGUMENT, ...)
             first_line = str(err).strip().splitlines()[0][:200] if str(err).strip() else type(err).__name__
-            raise DistributedError(
-                f"{where} could not join the run at {launch.coordinator or 'the detected coordinator'} within {timeout_s} s "
-                f"({first_line}); fix: start every process within {timeout_s} s of the others, with the same coordinator "
-                "address (process 0's HOST:PORT, reachable from every host) and the same process count"
-            ) from None
+            raise DistributedError(f"{where} could not join the run at {launch.coordinator or 'the detected coordinator'} "
+                                   f"({first_line}); {advice}") from None
+        finally:
+            joined.set()
     from jax._src import distributed as jax_distributed  # the coordination service's key-value store has no public face
 
     _state.update(client=jax_distributed.global_state.client, process=jax.process_index(), count=jax.process_count())
@@ -134,6 +141,14 @@ def initialize(coordinator: str | None = None, num_processes: int | None = None,
         atexit.register(_end_of_program)  # after jax's own exit handler is registered, so it runs first
         sys.excepthook = _uncaught
     return _state["count"] > 1
+
+
+def _end_unless_joined(joined: threading.Event, timeout_s: float, message: str) -> None:
+    """Daemon thread: exit with status 2 and ``message`` when the join has not finished after ``timeout_s``. JAX's
+    own join deadline (``JOIN_MARGIN_S`` later) aborts the interpreter with a C++ stack trace instead of raising."""
+    if not joined.wait(timeout_s):
+        os.write(2, (message + "\n").encode())
+        os._exit(2)
 
 
 def process_index() -> int:

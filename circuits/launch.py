@@ -64,6 +64,18 @@ def _signal_alive(children: list[subprocess.Popen], signum: int) -> None:
             child.send_signal(signum)
 
 
+def _new_failures(children: list[subprocess.Popen], seen: list[tuple[int, int]]) -> list[tuple[int, int]]:
+    known = {process for process, _ in seen}
+    return [(process, child.returncode) for process, child in enumerate(children)
+            if child.returncode not in (None, 0) and process not in known]
+
+
+def _cause(failures: list[tuple[int, int]]) -> tuple[int, int]:
+    """The failure that caused the others: a death by signal (the others only lost their peer; a killed process closes
+    its sockets before it can be reaped, so a peer can be seen failing first), else the first seen."""
+    return next((failure for failure in failures if failure[1] < 0), failures[0])
+
+
 def launch(command: list[str], processes: int, devices: int | None = None, grace: float = 30.0, port: int | None = None) -> int:
     """Run ``command`` as ``processes`` processes of one JAX run; the run's exit status (see the module docstring)."""
     port = port or free_port()
@@ -76,18 +88,19 @@ def launch(command: list[str], processes: int, devices: int | None = None, grace
         ))
         if quiet:
             threading.Thread(target=_forward, args=(children[-1].stderr, process), daemon=True).start()
-    first_failure: tuple[int, int] | None = None
+    failures: list[tuple[int, int]] = []  # (process, status) in the order seen, before the launcher signals any
     terminate_at = kill_at = None
+    signalled = False
     try:
-        while any(child.poll() is None for child in children):
+        while None in [child.poll() for child in children]:  # a list: every child is polled each round
             now = time.monotonic()
-            if first_failure is None:
-                failed = [(process, child.returncode) for process, child in enumerate(children) if child.returncode not in (None, 0)]
-                if failed:
-                    first_failure, terminate_at = failed[0], now + grace
+            if not signalled:
+                failures += _new_failures(children, failures)
+                if failures and terminate_at is None:
+                    terminate_at = now + grace
             if terminate_at is not None and now > terminate_at:
                 _signal_alive(children, signal.SIGTERM)
-                terminate_at, kill_at = None, now + 5.0
+                signalled, terminate_at, kill_at = True, None, now + 5.0
             if kill_at is not None and now > kill_at:
                 _signal_alive(children, signal.SIGKILL)
                 kill_at = None
@@ -97,11 +110,11 @@ def launch(command: list[str], processes: int, devices: int | None = None, grace
         for child in children:
             child.wait()
         return 130
-    if first_failure is None:
-        first_failure = next(((p, c.returncode) for p, c in enumerate(children) if c.returncode), None)
-    if first_failure is None:
+    if not signalled:
+        failures += _new_failures(children, failures)
+    if not failures:
         return 0
-    process, status = first_failure
+    process, status = _cause(failures)
     if status < 0:
         print(f"error: {_status_text(process, status)}; the other processes were stopped", file=sys.stderr)
         return 128 - status

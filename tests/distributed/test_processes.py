@@ -61,7 +61,7 @@ def test_two_processes_give_the_one_process_results_and_each_reads_its_share(che
     single = alone(sys.executable, str(PROGRAM), str(checkpoint), str(tmp_path / "one"), "data=1,model=4")
     assert single.returncode == 0, single.stderr[-3000:]
     two, one = np.load(tmp_path / "two" / "results.npz"), np.load(tmp_path / "one" / "results.npz")
-    for name in ("logits", "losses", "predicted", "k_composition", "sources"):
+    for name in ("logits", "losses", "predicted", "k_composition", "sources", "icl_accuracy", "icl_pattern_matching"):
         np.testing.assert_allclose(two[name], one[name], rtol=0, atol=1e-5 * max(1.0, np.abs(one[name]).max()), err_msg=name)
     assert np.isfinite(two["losses"]).all() and two["losses"].std() > 0  # single heads change the loss differently
     assert (tmp_path / "two" / "writer.txt").read_text() == "0"  # the atomic writer wrote in process 0 only
@@ -129,7 +129,12 @@ def test_bad_settings_are_one_clear_error(tmp_path):
     assert partial.returncode == 2 and "--num-processes, --process-id missing" in partial.stderr
     assert len(error_lines(partial.stderr)) == 1
     unreachable = alone(sys.executable, "-c", "from circuits import distributed; distributed.initialize('127.0.0.1:9', 2, 1, timeout_s=3)", devices=1)
-    assert unreachable.returncode != 0 and "DistributedError: process 1 of 2 could not join the run at 127.0.0.1:9 within 3 s" in unreachable.stderr
+    assert unreachable.returncode == 2 and error_lines(unreachable.stderr) == [
+        "error: process 1 of 2 could not join the run at 127.0.0.1:9 within 3 s; fix: start every process within 3 s of "
+        "the others, with the same coordinator address (process 0's HOST:PORT, reachable from every host) and the same "
+        "process count"]
+    alone_coordinator = alone(sys.executable, "-c", "from circuits import distributed; distributed.initialize('127.0.0.1:0', 2, 0, timeout_s=3)", devices=1)
+    assert alone_coordinator.returncode == 2 and "error: process 0 of 2 could not join the run" in alone_coordinator.stderr
     too_large = launch("circuits", "report", "demo-induction", "--validate", "--mesh", "data=4,model=2", "--out", str(tmp_path / "r"))
     assert too_large.returncode == 2
     assert "needs 8 devices, but 4 are available over 2 processes" in too_large.stderr
