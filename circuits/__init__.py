@@ -6,10 +6,12 @@ The public face, imported lazily so that ``import circuits.models`` stays light:
   analysis), :func:`load_tokenizer`, :func:`provenance`, and :func:`open_checkpoint` (a path resolved once
   into a handle that does all four) (from :mod:`circuits.convert`);
 - the error types (:class:`CheckpointError`, :class:`TokenizerError`, :class:`ModelDownloadError`,
-  :class:`ConfigError`, :class:`MeshError`, :class:`NotEnoughMemoryError`, :class:`WriteError`, :class:`OutputError`);
+  :class:`ConfigError`, :class:`MeshError`, :class:`NotEnoughMemoryError`, :class:`WriteError`, :class:`OutputError`, :class:`DistributedError`);
 - :func:`report` (the weight-only prediction validated by forward passes, :mod:`circuits.report`);
 - sub-packages :mod:`circuits.models`, :mod:`circuits.convert`, :mod:`circuits.analysis`,
-  and one per experiment: :mod:`circuits.report`, :mod:`circuits.icl`, :mod:`circuits.formation`.
+  and one per experiment: :mod:`circuits.report`, :mod:`circuits.icl`, :mod:`circuits.formation`;
+- :mod:`circuits.distributed` (join a multi-process run before touching JAX's devices: ``initialize``,
+  ``is_writer``) and :mod:`circuits.launch` (try one on one machine: ``python -m circuits.launch``).
 """
 
 from __future__ import annotations
@@ -34,9 +36,10 @@ _PUBLIC.update({
     "NotEnoughMemoryError": "circuits.world_errors",
     "WriteError": "circuits.world_errors",
     "OutputError": "circuits.utils",
+    "DistributedError": "circuits.distributed",
 })
 """The error types, so research code can catch them: ``except circuits.CheckpointError``."""
-_SUBPACKAGES = {"models", "convert", "analysis", "report", "icl", "formation"}
+_SUBPACKAGES = {"models", "convert", "analysis", "report", "icl", "formation", "distributed"}
 
 __all__ = sorted(_PUBLIC) + ["report", "__version__"]
 
