@@ -11,11 +11,10 @@ The names a notebook reaches for first, imported lazily (``circuits.analysis.pre
 - agreement: ``top_heads``, ``precision_at_k``, ``spearman``.
 """
 
-from __future__ import annotations
-
-import importlib
+from circuits.lazy import lazy_face
 
 _PUBLIC = {
+    "METHODS": "methods",
     "predict_induction": "induction",
     "InductionPrediction": "induction",
     "ov_copying_scores": "ov",
@@ -43,13 +42,4 @@ _PUBLIC = {
 }
 
 __all__ = sorted(_PUBLIC)
-
-
-def __getattr__(name: str):
-    if name in _PUBLIC:
-        return getattr(importlib.import_module(f"circuits.analysis.{_PUBLIC[name]}"), name)
-    raise AttributeError(f"module 'circuits.analysis' has no attribute {name!r}")
-
-
-def __dir__() -> list[str]:
-    return sorted(set(globals()) | set(_PUBLIC))
+__getattr__, __dir__ = lazy_face(__name__, _PUBLIC)

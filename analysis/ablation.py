@@ -20,14 +20,13 @@ import numpy as np
 from flax import nnx
 from jax.sharding import NamedSharding, PartitionSpec
 
+from circuits.analysis import batching
+from circuits.analysis.batching import rows_per_pass
 from circuits.models.config import ModelConfig
 from circuits.models.interventions import Interventions
 from circuits.models.sharding import global_array, host_array, mesh_of
 from circuits.models.transformer import Transformer
 from circuits.utils import progress
-
-LOGITS_BUDGET_BYTES = 2 * 1024**3
-"""Default chunk size keeps the float32 logits of one chunk (and their softmax) under this."""
 
 
 def heads_mask(config: ModelConfig, heads: Iterable[tuple[int, int]]) -> np.ndarray:
@@ -75,6 +74,11 @@ class SweepData:
     targets: jax.Array
     weights: jax.Array
 
+    def rows(self, start, size: int) -> "SweepData":
+        """The same loss positions, for sequences ``start`` .. ``start + size`` only (``start`` may be traced)."""
+        cut = functools.partial(jax.lax.dynamic_slice_in_dim, start_index=start, slice_size=size, axis=0)
+        return dataclasses.replace(self, tokens=cut(self.tokens), targets=cut(self.targets), weights=cut(self.weights))
+
     @classmethod
     def make(cls, tokens, loss_mask) -> "SweepData":
         tokens = np.asarray(tokens, np.int32)
@@ -86,11 +90,11 @@ class SweepData:
         )
 
 
-def _loss_at_positions(logits: jax.Array, data: SweepData) -> jax.Array:
-    """Mean next-token loss (nats) from the logits f32[B, P, V] at the loss positions."""
+def _loss_sum_at_positions(logits: jax.Array, data: SweepData) -> jax.Array:
+    """Summed next-token loss (nats) from the logits f32[B, P, V] at the loss positions, weighted by the mask."""
     log_probs = jax.nn.log_softmax(logits, axis=-1)
     losses = -jnp.take_along_axis(log_probs, data.targets[..., None], axis=-1)[..., 0]
-    return (losses * data.weights).sum() / jnp.maximum(data.weights.sum(), 1.0)
+    return (losses * data.weights).sum()
 
 
 @nnx.jit
@@ -100,10 +104,14 @@ def _clean_residuals(model: Transformer, tokens: jax.Array) -> jax.Array:
     return captured["resid_pre"]
 
 
-@functools.partial(jax.jit, static_argnames="graphdef")
-def _sweep_chunk(graphdef, state, residual, first_layer, data: SweepData, base: Interventions, ablate, knock_out):
-    """Losses f32[c] of c head sets that all leave layers < ``first_layer`` untouched, run from the clean
-    ``residual`` [B, T, M] at that layer's input (``first_layer`` is traced: one program for every layer)."""
+@functools.partial(jax.jit, static_argnames=("graphdef", "n_rows"))
+def _sweep_chunk(graphdef, state, residual, first_layer, data: SweepData, base: Interventions, ablate, knock_out, row_start,
+                 n_rows: int):
+    """Summed losses f32[c] over sequences ``row_start`` .. ``row_start + n_rows`` of c head sets that all leave
+    layers < ``first_layer`` untouched, run from the clean ``residual`` [B, T, M] at that layer's input
+    (``first_layer`` and ``row_start`` are traced: one program for every layer and row chunk)."""
+    data, base = data.rows(row_start, n_rows), base.rows(row_start, n_rows)
+    residual = jax.lax.dynamic_slice_in_dim(residual, row_start, n_rows, axis=0)
 
     def one(ablate_i, knock_i):
         model = nnx.merge(graphdef, state)
@@ -111,7 +119,7 @@ def _sweep_chunk(graphdef, state, residual, first_layer, data: SweepData, base: 
         if knock_i is not None:
             interventions = dataclasses.replace(interventions, knockout_heads=knock_i)
         final = model.run_layers_from(residual, first_layer, interventions)
-        return _loss_at_positions(model.residual_logits(final[:, data.positions]), data)  # only the loss positions
+        return _loss_sum_at_positions(model.residual_logits(final[:, data.positions]), data)  # only the loss positions
 
     return jax.vmap(one)(ablate, knock_out)
 
@@ -128,13 +136,17 @@ def _intervention_base(config: ModelConfig, sets: np.ndarray, knock_out, edges, 
     return base
 
 
-def _chunk_size(config: ModelConfig, data: SweepData, largest_group: int, chunk: int | None) -> int:
-    """Sets per program call: what the logits budget allows, balanced so a layer's group splits evenly."""
+def _chunk_shape(config: ModelConfig, data: SweepData, largest_group: int, chunk: int | None) -> tuple[int, int]:
+    """(sets, sequences) per program call: what :data:`~circuits.analysis.batching.PASS_BUDGET_BYTES` allows for
+    the logits at the loss positions (with their softmax), sets balanced so a layer's group splits evenly; the
+    batch is split into row chunks only when one set's logits exceed the budget."""
+    n_rows = int(data.tokens.shape[0])
+    per_set_row = 3 * int(data.positions.shape[0]) * config.vocab_size * 4
+    rows = rows_per_pass(n_rows, per_set_row)
     if chunk is None:
-        per_set = 3 * int(data.targets.size) * config.vocab_size * 4
-        chunk = max(1, LOGITS_BUDGET_BYTES // per_set)
+        chunk = max(1, batching.PASS_BUDGET_BYTES // (per_set_row * rows))
     calls = -(-largest_group // chunk)
-    return max(1, -(-largest_group // calls))
+    return max(1, -(-largest_group // calls)), rows
 
 
 class _SetPlacement:
@@ -188,20 +200,22 @@ def sweep_losses(
     residuals = _clean_residuals(model, data.tokens)
     graphdef, state = nnx.split(model)
     groups = {layer: np.nonzero(first_layers == layer)[0] for layer in np.unique(first_layers)}
-    size = _chunk_size(config, data, max(len(members) for members in groups.values()), chunk)
+    size, n_rows = _chunk_shape(config, data, max(len(members) for members in groups.values()), chunk)
     place = _SetPlacement(mesh_of(model.embed[...]))
     size = -(-size // place.split) * place.split  # every device row along ``data`` gets the same number of sets
-    calls = [(layer, members[i : i + size]) for layer, members in groups.items() for i in range(0, len(members), size)]
+    calls = [(layer, members[i : i + size], row_start) for layer, members in groups.items() for i in range(0, len(members), size)
+             for row_start in range(0, int(data.tokens.shape[0]), n_rows)]
     if show_progress is None:
         show_progress = n > 8
-    losses = np.zeros(n, np.float32)
-    for layer, members in progress(calls, f"sweep over {n} head sets", enabled=show_progress):
+    loss_sums = np.zeros(n, np.float64)
+    for layer, members, row_start in progress(calls, f"sweep over {n} head sets", enabled=show_progress):
         padded = np.resize(members, size)  # a full chunk (repeating members), so every call has one shape
         knock = None if knock_out is None else place(np.asarray(knock_out, bool)[padded])
         start = min(int(layer), config.n_layers - 1)  # untouched sets run the last layer, unchanged
-        result = _sweep_chunk(graphdef, state, residuals[start], jnp.int32(start), data, base, place(ablate[padded]), knock)
-        losses[members] = host_array(result)[: len(members)]
-    return losses
+        result = _sweep_chunk(graphdef, state, residuals[start], jnp.int32(start), data, base, place(ablate[padded]), knock,
+                              jnp.int32(row_start), n_rows)
+        loss_sums[members] += host_array(result)[: len(members)]
+    return (loss_sums / max(float(data.weights.sum()), 1.0)).astype(np.float32)
 
 
 def estimate_sweep_losses(
@@ -220,23 +234,42 @@ def estimate_sweep_losses(
     if knock_out is not None:
         base = dataclasses.replace(base, knockout_heads=jnp.zeros(sets.shape[1:], jnp.float32))
     graphdef, state = nnx.split(model)
-    clean, (scale_grad, gate_grad) = _loss_gradients(graphdef, state, data, base)
+    clean, scale_grad, gate_grad = 0.0, 0.0, 0.0
+    n_rows = rows_per_pass(int(data.tokens.shape[0]), _backward_bytes_per_row(config, data))
+    for row_start in range(0, int(data.tokens.shape[0]), n_rows):  # sums: the chunks add up exactly
+        loss_sum, (scale_sum, gate_sum) = _loss_sum_gradients(graphdef, state, data, base, jnp.int32(row_start), n_rows)
+        clean += float(loss_sum)
+        scale_grad = scale_grad + host_array(scale_sum).astype(np.float64)
+        gate_grad = gate_grad + (host_array(gate_sum).astype(np.float64) if gate_sum is not None else 0.0)
+    total_weight = max(float(data.weights.sum()), 1.0)
+    clean, scale_grad, gate_grad = clean / total_weight, scale_grad / total_weight, gate_grad / total_weight
     change = np.zeros(sets.shape[0], np.float64)
     if ablate is not None:  # scale 1 -> 0: change = -dL/ds
-        change -= np.einsum("nlkg,lkg->n", np.asarray(ablate, np.float64), host_array(scale_grad).astype(np.float64))
+        change -= np.einsum("nlkg,lkg->n", np.asarray(ablate, np.float64), scale_grad)
     if knock_out is not None:  # gate 0 -> 1: change = +dL/dgate
-        change += np.einsum("nlkg,lkg->n", np.asarray(knock_out, np.float64), host_array(gate_grad).astype(np.float64))
+        change += np.einsum("nlkg,lkg->n", np.asarray(knock_out, np.float64), gate_grad)
     return (float(clean) + change).astype(np.float32)
 
 
-@functools.partial(jax.jit, static_argnames="graphdef")
-def _loss_gradients(graphdef, state, data: SweepData, base: Interventions):
-    """(clean loss, (d loss / d head_scale [L, K, G], d loss / d knockout gate [L, K, G] or None))."""
+def _backward_bytes_per_row(config: ModelConfig, data: SweepData) -> int:
+    """Estimated bytes one sequence holds for a backward pass: each layer's activations (residual, attention,
+    patterns, MLP) and the loss positions' logits with their softmax and gradient."""
+    seq_len, positions = data.tokens.shape[1], data.positions.shape[0]
+    per_layer = seq_len * (8 * config.d_model + 3 * config.d_mlp + 2 * config.n_heads * seq_len)
+    return 4 * (config.n_layers * per_layer + 3 * positions * config.vocab_size)
+
+
+@functools.partial(jax.jit, static_argnames=("graphdef", "n_rows"))
+def _loss_sum_gradients(graphdef, state, data: SweepData, base: Interventions, row_start, n_rows: int):
+    """(summed loss over sequences ``row_start`` .. ``row_start + n_rows``, (its gradient with respect to
+    head_scale [L, K, G], to the knockout gate [L, K, G] or None)), unembedding only the loss positions."""
+    data, base = data.rows(row_start, n_rows), base.rows(row_start, n_rows)
 
     def loss(scale, gate):
         interventions = dataclasses.replace(base, head_scale=scale, knockout_heads=gate)
-        logits, _ = nnx.merge(graphdef, jax.tree.map(lambda x: x, state)).forward(data.tokens, interventions)  # Variables of this trace
-        return _loss_at_positions(logits[:, data.positions], data)
+        model = nnx.merge(graphdef, jax.tree.map(lambda x: x, state))  # Variables of this trace
+        final = model.run_layers_from(model.embed_tokens(data.tokens), 0, interventions)
+        return _loss_sum_at_positions(model.residual_logits(final[:, data.positions]), data)
 
     argnums = (0,) if base.knockout_heads is None else (0, 1)
     value, grads = jax.value_and_grad(loss, argnums=argnums)(base.head_scale, base.knockout_heads)

@@ -15,10 +15,11 @@ import jax.numpy as jnp
 import numpy as np
 from flax import nnx
 
+from circuits.analysis.batching import row_chunks
 from circuits.analysis.repeated_tokens import RepeatedTokens, repeated_random_tokens
 from circuits.analysis.results import HeadScores
 from circuits.analysis.targets import (
-    attention_share,
+    attention_share_sums,
     duplicate_token_targets,
     induction_targets,
     previous_token_targets,
@@ -49,28 +50,41 @@ def _as_data(model: Transformer, tokens, seeds: tuple[int, ...]) -> list[tuple[n
 
 
 @nnx.jit
-def _attention_shares(model: Transformer, tokens: jax.Array) -> dict[str, jax.Array]:
+def _attention_share_sums(model: Transformer, tokens: jax.Array) -> dict[str, tuple[jax.Array, jax.Array]]:
     _, captured = model.forward(tokens, capture=("attn_pattern",))
     patterns = captured["attn_pattern"]
-    return {name: attention_share(patterns, build(tokens)) for name, build in ATTENTION_SCORES.items()}
+    return {name: attention_share_sums(patterns, build(tokens)) for name, build in ATTENTION_SCORES.items()}
+
+
+def _pattern_bytes_per_row(model: Transformer, seq_len: int) -> int:
+    """What one sequence's captured attention patterns f32[L, N, T, T] take, twice (the pattern and its product)."""
+    config = model.config
+    return 2 * config.n_layers * config.n_heads * seq_len * seq_len * 4
 
 
 def attention_scores(model: Transformer, tokens=None, *, seeds: tuple[int, ...] = (0,)) -> dict[str, HeadScores]:
-    """{"prefix_matching", "previous_token", "duplicate_token"} -> HeadScores f32[L, N], from one forward per batch.
+    """{"prefix_matching", "previous_token", "duplicate_token"} -> HeadScores f32[L, N], from one forward per batch
+    (in row chunks that keep the captured patterns within :data:`~circuits.analysis.batching.PASS_BUDGET_BYTES`).
 
     tokens: int[B, T], a :class:`RepeatedTokens`, or None for BOS + 50 random tokens x 2 (16 sequences per seed,
     scores averaged over ``seeds``).
     """
     data = _as_data(model, tokens, seeds)
-    totals: dict[str, np.ndarray] = {}
+    shares: dict[str, np.ndarray] = {}
     for batch, _, _ in data:
-        for name, share in _attention_shares(model, jnp.asarray(batch)).items():
-            totals[name] = totals.get(name, 0.0) + host_array(share).astype(np.float32)
+        sums: dict[str, list] = {}
+        for rows in row_chunks(batch.shape[0], _pattern_bytes_per_row(model, batch.shape[1])):
+            for name, (total, count) in _attention_share_sums(model, jnp.asarray(batch[rows])).items():
+                previous = sums.setdefault(name, [0.0, 0.0])
+                previous[0] = previous[0] + host_array(total).astype(np.float64)
+                previous[1] += float(count)
+        for name, (total, count) in sums.items():
+            shares[name] = shares.get(name, 0.0) + total / max(count, 1.0)
     source = data[0][1]
     n_heads = model.config.n_heads
     return {
-        name: HeadScores(name, (total / len(data)).reshape(-1, n_heads), None, source=f"forward pass on {source}")
-        for name, total in totals.items()
+        name: HeadScores(name, (total / len(data)).reshape(-1, n_heads).astype(np.float32), None, source=f"forward pass on {source}")
+        for name, total in shares.items()
     }
 
 
@@ -125,6 +139,8 @@ def copying_scores(model: Transformer, tokens=None, *, positions=None, seeds: tu
     total = 0.0
     for batch, _, later in data:
         chosen = tuple(range(later, batch.shape[1])) if positions is None else tuple(int(p) for p in positions)
-        total = total + host_array(_direct_copying(model, jnp.asarray(batch), chosen)).astype(np.float32)
+        chunks = row_chunks(batch.shape[0], _pattern_bytes_per_row(model, batch.shape[1]))
+        for rows in chunks:  # equal chunks: the mean over rows is the mean of the chunks' means
+            total = total + host_array(_direct_copying(model, jnp.asarray(batch[rows]), chosen)).astype(np.float64) / len(chunks)
     source = data[0][1]
-    return HeadScores("copying", (total / len(data)).reshape(-1, model.config.n_heads), None, source=f"forward pass on {source}")
+    return HeadScores("copying", (total / len(data)).reshape(-1, model.config.n_heads).astype(np.float32), None, source=f"forward pass on {source}")

@@ -54,6 +54,7 @@ from circuits.analysis.composition import (
     later_norms,
     rotate_keys,
 )
+from circuits.analysis.methods import METHODS
 from circuits.analysis.ov import copying_score, ov_copying_scores, ov_eigenvalues
 from circuits.analysis.results import CompositionScores, HeadScores
 from circuits.analysis.rope import DEFAULT_OFFSETS, layer_rope_averages, rope_average
@@ -62,8 +63,6 @@ from circuits.analysis.weights import AttentionWeights, Preprocessing, WeightRea
 from circuits.models.layers import einsum
 from circuits.models.layout import TensorSource
 from circuits.utils import progress, rounded_list
-
-METHODS = ("kcomp-token-zgain", "kcomp-token-z", "token-zgain-rms", "ov-kcomp-eigen")
 
 SCHEMA_VERSION = 3  # of InductionPrediction.to_dict
 

@@ -61,11 +61,21 @@ def duplicate_token_targets(tokens: jax.Array) -> jax.Array:
     return (tokens[:, None, :] == tokens[:, :, None]) & (s < t)
 
 
-def attention_share(patterns: jax.Array, targets: jax.Array) -> jax.Array:
-    """f32[L, K, G]: mean over queries that have a target of the attention they put on their targets.
+def attention_share_sums(patterns: jax.Array, targets: jax.Array) -> tuple[jax.Array, jax.Array]:
+    """(f32[L, K, G] summed attention that queries with a target put on their targets, f32[] how many such
+    queries): :func:`attention_share` before the division, so that row chunks add up exactly.
 
     patterns f32[L, B, K, G, T, S] (captured ``attn_pattern``); targets bool[B, T, S].
     """
     per_query = einsum("lbkgts,bts->lbkgt", patterns, targets.astype(patterns.dtype))
     has_target = targets.any(-1).astype(patterns.dtype)  # [B, T]
-    return einsum("lbkgt,bt->lkg", per_query, has_target) / jnp.maximum(has_target.sum(), 1.0)
+    return einsum("lbkgt,bt->lkg", per_query, has_target), has_target.sum()
+
+
+def attention_share(patterns: jax.Array, targets: jax.Array) -> jax.Array:
+    """f32[L, K, G]: mean over queries that have a target of the attention they put on their targets.
+
+    patterns f32[L, B, K, G, T, S] (captured ``attn_pattern``); targets bool[B, T, S].
+    """
+    total, count = attention_share_sums(patterns, targets)
+    return total / jnp.maximum(count, 1.0)

@@ -23,7 +23,7 @@ __version__ = "0.1.0"
 _PUBLIC = {
     "load": "circuits.convert.loading",
     "open_weights": "circuits.convert.loading",
-    "open_checkpoint": "circuits.convert.loading",
+    "open_checkpoint": "circuits.convert.checkpoint",
     "provenance": "circuits.convert.loading",
     "load_tokenizer": "circuits.convert.tokenizer",
 }

@@ -9,14 +9,12 @@ import sys
 from pathlib import Path
 
 from circuits import distributed
-from circuits.analysis.induction import METHODS
-from circuits.convert.errors import CheckpointError
+from circuits.analysis.methods import METHOD_HELP, METHODS
+from circuits.convert.dtypes import NAMES as DTYPES
 from circuits.convert.named_models import DEFAULT_MODEL, ModelDownloadError
 from circuits.distributed import DistributedError
-from circuits.formation.clamps import DEFAULT_CLAMPS
-from circuits.models.config import ConfigError
-from circuits.models.sharding import MeshError, parse_mesh
-from circuits.utils import OutputError, check_output_file, head_label
+from circuits.formation.defaults import DEFAULT_CLAMPS
+from circuits.utils import check_output_file, head_label
 from circuits.world_errors import NotEnoughMemoryError
 
 EXAMPLES = f"""examples:
@@ -28,32 +26,20 @@ EXAMPLES = f"""examples:
   circuits convert model.gguf cache/ && circuits info cache/
 
 Every failure exits 2 with one line naming the cause and the fix."""
-DTYPES = ("float32", "bfloat16", "float16")
 
-USER_ERRORS = (
-    CheckpointError,
-    DistributedError,
-    ConfigError,
-    MeshError,
-    ModelDownloadError,
-    NotEnoughMemoryError,
-    FileNotFoundError,
-    FileExistsError,
-    OutputError,
-    ValueError,
-)
+USER_ERRORS = (ValueError, ModelDownloadError, NotEnoughMemoryError, FileNotFoundError, FileExistsError)
+"""What a user's input or machine causes (every project error is a ValueError: CheckpointError, ConfigError,
+MeshError, DistributedError, OutputError, ...): one line, exit 2, no traceback."""
 
 
 def _one_process_only(verb: str) -> None:
-    from circuits import distributed
-
     if distributed.process_count() > 1:
         raise DistributedError(f"`circuits {verb}` runs in one process (it writes per-process state); fix: run it "
                                "without --coordinator/--distributed or the launcher")
 
 
 def _convert(args: argparse.Namespace) -> None:
-    from circuits.convert.loading import open_checkpoint
+    from circuits.convert.checkpoint import open_checkpoint
     from circuits.convert.orbax_cache import check_destination, save_cache
     from circuits.convert.tokenizer import TokenizerError
 
@@ -70,14 +56,15 @@ def _convert(args: argparse.Namespace) -> None:
 
 
 def _info(args: argparse.Namespace) -> None:
-    from circuits.convert.build import resolve_dtype
-    from circuits.convert.loading import open_checkpoint
+    from circuits.convert.checkpoint import open_checkpoint
+    from circuits.convert.dtypes import resolve_dtype
     from circuits.models.layout import parameter_count
-    from circuits.models.sharding import check_mesh_fits
 
     checkpoint = open_checkpoint(args.model)
     config = checkpoint.config  # metadata only: no weight is read
     if args.mesh:
+        from circuits.models.sharding import check_mesh_fits, parse_mesh
+
         check_mesh_fits(parse_mesh(args.mesh), config.n_kv_heads)
     for key, value in checkpoint.provenance().items():
         print(f"{key:>26}: {value}")
@@ -144,6 +131,7 @@ def _report(args: argparse.Namespace) -> None:
     from rich.console import Console
     from rich.table import Table
 
+    from circuits.models.sharding import parse_mesh
     from circuits.report.experiment import CircuitReport, report
 
     CircuitReport.check_output(args.out)
@@ -184,9 +172,9 @@ def _icl(args: argparse.Namespace) -> None:
     from rich.console import Console
     from rich.table import Table
 
-    from circuits.convert.loading import open_checkpoint
+    from circuits.convert.checkpoint import open_checkpoint
     from circuits.icl.experiment import QUICK, ICLResult, ICLSettings, run_icl
-    from circuits.models.sharding import check_mesh_fits
+    from circuits.models.sharding import check_mesh_fits, parse_mesh
 
     if args.out:
         ICLResult.check_output(args.out)
@@ -251,6 +239,13 @@ class _HelpFormatter(argparse.ArgumentDefaultsHelpFormatter, argparse.RawDescrip
         return super()._get_help_string(action)
 
 
+class _Parser(argparse.ArgumentParser):
+    """Usage mistakes as one line and the hint (argparse's own usage block hides the cause among the flags)."""
+
+    def error(self, message: str):
+        self.exit(2, f"error: {self.prog}: {message}; fix: see `{self.prog} --help`\n")
+
+
 def _positive(text: str) -> int:
     value = int(text)
     if value <= 0:
@@ -280,14 +275,15 @@ def _add_processes(parser: argparse.ArgumentParser) -> None:
 def build_parser() -> argparse.ArgumentParser:
     from circuits import __version__
 
-    parser = argparse.ArgumentParser(prog="circuits", description=__doc__, epilog=EXAMPLES, formatter_class=_HelpFormatter)
+    parser = _Parser(prog="circuits", description=__doc__, epilog=EXAMPLES, formatter_class=_HelpFormatter)
     parser.add_argument("--version", action="version", version=f"circuits {__version__}")
     commands = parser.add_subparsers(dest="command", required=True, metavar="COMMAND")
 
-    def command(name: str, help_text: str, run) -> argparse.ArgumentParser:
+    def command(name: str, help_text: str, run, *, computes: bool = True) -> argparse.ArgumentParser:
+        """A verb; ``computes``: it runs JAX programs (so it starts the compilation cache; ``info`` does not)."""
         sub = commands.add_parser(name, help=help_text, description=help_text, formatter_class=_HelpFormatter)
         _add_processes(sub)
-        sub.set_defaults(run=run)
+        sub.set_defaults(run=run, computes=computes)
         return sub
 
     convert = command("convert", "convert a checkpoint once into an Orbax cache that loads fast", _convert)
@@ -296,7 +292,8 @@ def build_parser() -> argparse.ArgumentParser:
     _add_dtype(convert, "store the cache in this dtype")
     convert.add_argument("--force", action="store_true", help="replace an existing cache written by circuits convert")
 
-    info = command("info", "print where a checkpoint comes from, its configuration and parameter count (reads metadata only)", _info)
+    info = command("info", "print where a checkpoint comes from, its configuration and parameter count (reads metadata only)", _info,
+                   computes=False)
     _add_model(info)
     _add_dtype(info, "the dtype it would load in")
     info.add_argument("--mesh", default=None, help="check that it would shard onto these devices, e.g. data=1,model=8")
@@ -306,9 +303,7 @@ def build_parser() -> argparse.ArgumentParser:
     analyze.add_argument("--out", default=None, help="also write the full results as JSON to this file")
     analyze.add_argument("--top", type=_positive, default=None, help="heads and edges to show (default: 10, or every head of a smaller model)")
     analyze.add_argument("--method", choices=METHODS, default=METHODS[0],
-                         help="kcomp-token-zgain: RoPE-averaged K-composition x token-level prefix-matching z-score x its "
-                              "logit gain, on MLP stand-ins; kcomp-token-z: without the gain; ov-kcomp-eigen: the earlier "
-                              "OV-copying-weighted score, for comparison")
+                         help="; ".join(f"{name}: {text}" for name, text in METHOD_HELP.items()))
     analyze.add_argument("--tokens", type=_positive, default=1024, help="token stand-ins sampled for the kcomp-token-* methods")
     analyze.add_argument("--token-seed", type=int, default=0, help="seed of the token sample")
     analyze.add_argument("--max-pairs", type=_positive, default=4096, help="head pairs that get eigenvalue terms (ov-kcomp-eigen only)")
@@ -344,6 +339,18 @@ def build_parser() -> argparse.ArgumentParser:
     return parser
 
 
+def _check_out_parent(args: argparse.Namespace) -> None:
+    """Refuse an output (``--out`` or a destination) whose folder does not exist: a mistyped path is a mistake to
+    name, not a tree of folders to create."""
+    out = getattr(args, "out", None) or getattr(args, "destination", None)
+    if out is None:
+        return
+    parent = Path(out).absolute().parent
+    if not parent.exists():
+        raise FileNotFoundError(f"cannot write {out}: the folder {parent} does not exist; fix: create it first "
+                                f"(mkdir -p {parent}) or choose an existing folder")
+
+
 def use_compilation_cache() -> Path:
     """Keep XLA's compiled programs in ``<cache directory>/xla`` between runs (JAX's persistent
     compilation cache), so a second cold start of a command skips most compilation."""
@@ -376,8 +383,10 @@ def main(argv: list[str] | None = None) -> int:
     if argv is None:  # a real command line (a call from Python keeps its own stderr)
         keep_terminal()
     quiet_libraries()
-    use_compilation_cache()
     try:
+        _check_out_parent(args)
+        if args.computes:
+            use_compilation_cache()
         prepare_for_address_limit()
         distributed.initialize(args.coordinator, args.num_processes, args.process_id, detect=args.distributed)
         args.run(args)

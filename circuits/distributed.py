@@ -107,9 +107,11 @@ def initialize(coordinator: str | None = None, num_processes: int | None = None,
     as it is. ``timeout_s``: how long to wait for every process to connect (after it, the process prints one
     error line and exits with status 2); ``heartbeat_s``: after how long without a heartbeat a process counts
     as dead (and all others stop)."""
+    launch = Launch.resolve(coordinator, num_processes, process_id, detect)
+    if not launch.distributed and "jax" not in sys.modules:
+        return False  # nothing asks for more processes, and no user call can have joined a run: JAX stays unloaded
     import jax
 
-    launch = Launch.resolve(coordinator, num_processes, process_id, detect)
     if not jax.distributed.is_initialized():
         if not launch.distributed:
             return False

@@ -1,34 +1,29 @@
 """The front door: load checkpoints (HF safetensors for Llama, InternLM2, Qwen2 and Gemma 3, GGUF, Orbax caches, named models)
-into the canonical parameter layout, stream them for weight-only analysis, and build their tokenizers."""
+into the canonical parameter layout, stream them for weight-only analysis, and build their tokenizers. Names are
+imported on first use."""
 
-from circuits.convert.build import build_transformer, resolve_dtype
-from circuits.convert.errors import CheckpointError
-from circuits.convert.gguf_checkpoint import GGUFCheckpoint
-from circuits.convert.hf_checkpoint import ARCHITECTURES, HFCheckpoint, register_architecture
-from circuits.convert.loading import Checkpoint, load, open_checkpoint, open_weights, provenance
-from circuits.convert.named_models import NAMED_MODELS
-from circuits.convert.orbax_cache import is_cache, load_cache, save_cache
-from circuits.convert.safetensors_file import SafetensorsFile
-from circuits.convert.tokenizer import TokenizerError, load_tokenizer
+from circuits.lazy import lazy_face
 
-__all__ = [
-    "ARCHITECTURES",
-    "Checkpoint",
-    "CheckpointError",
-    "GGUFCheckpoint",
-    "HFCheckpoint",
-    "NAMED_MODELS",
-    "SafetensorsFile",
-    "TokenizerError",
-    "build_transformer",
-    "is_cache",
-    "load",
-    "load_cache",
-    "load_tokenizer",
-    "open_checkpoint",
-    "open_weights",
-    "provenance",
-    "register_architecture",
-    "resolve_dtype",
-    "save_cache",
-]
+_PUBLIC = {
+    "build_transformer": "build",
+    "resolve_dtype": "checkpoint",
+    "CheckpointError": "errors",
+    "GGUFCheckpoint": "gguf_checkpoint",
+    "ARCHITECTURES": "hf_checkpoint",
+    "HFCheckpoint": "hf_checkpoint",
+    "register_architecture": "hf_checkpoint",
+    "Checkpoint": "checkpoint",
+    "open_checkpoint": "checkpoint",
+    "load": "loading",
+    "open_weights": "loading",
+    "provenance": "loading",
+    "NAMED_MODELS": "named_models",
+    "is_cache": "cache_marker",
+    "load_cache": "orbax_cache",
+    "save_cache": "orbax_cache",
+    "SafetensorsFile": "safetensors_file",
+    "TokenizerError": "tokenizer",
+    "load_tokenizer": "tokenizer",
+}
+__all__ = sorted(_PUBLIC)
+__getattr__, __dir__ = lazy_face(__name__, _PUBLIC)

@@ -12,6 +12,7 @@ import numpy as np
 from flax import nnx
 from jax.sharding import Mesh
 
+from circuits.convert.dtypes import resolve_dtype
 from circuits.models.config import ModelConfig
 from circuits.models.layout import GLOBAL_PARAMS, TensorSource
 from circuits.models.sharding import check_mesh_fits, global_array, param_sharding
@@ -19,14 +20,10 @@ from circuits.models.transformer import Transformer
 from circuits.utils import progress
 
 
-def resolve_dtype(dtype, default) -> jnp.dtype:
-    """A jnp dtype from a dtype object, its name (``"bfloat16"``), or None (``default``)."""
-    if dtype is None:
-        return jnp.dtype(default)
-    try:
-        return jnp.dtype(dtype)
-    except TypeError as err:
-        raise ValueError(f"unknown dtype {dtype!r}; use float32, bfloat16 or float16") from err
+def cast_model(model: Transformer, dtype) -> Transformer:
+    """The same model with every parameter cast to ``dtype``."""
+    graphdef, state = nnx.split(model)
+    return nnx.merge(graphdef, jax.tree.map(lambda x: x.astype(dtype), state))
 
 
 def abstract_model(config: ModelConfig, dtype: jnp.dtype) -> tuple[nnx.GraphDef, nnx.State]:

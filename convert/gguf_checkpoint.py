@@ -22,6 +22,7 @@ from typing import Any, Callable
 
 import numpy as np
 
+from circuits.convert.dtypes import resolve_dtype
 from circuits.convert.errors import CheckpointError
 from circuits.convert.gguf_file import ArrayField, GGUFFile, GGUFStructureError
 from circuits.convert.layout import (
@@ -268,7 +269,5 @@ class GGUFCheckpoint(TableCheckpoint):
     @property
     def dtype(self) -> np.dtype:
         """float32 (dequantized), or the file's own float16 / bfloat16 when the embedding is stored so."""
-        import ml_dtypes
-
         kind = self._kind("token_embd.weight") if "token_embd.weight" in self._tensors else "F32"
-        return {"F16": np.dtype(np.float16), "BF16": np.dtype(ml_dtypes.bfloat16)}.get(kind, np.dtype(np.float32))
+        return resolve_dtype({"F16": "float16", "BF16": "bfloat16"}.get(kind, "float32"), None)

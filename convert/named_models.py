@@ -85,6 +85,8 @@ NAMED_MODELS: dict[str, WheelModel] = {
     ),
 }
 DEFAULT_MODEL = "smollm2-135m"
+DEMO_NAME = "demo-induction"
+"""The planted demo model (:mod:`circuits.models.demo`), built in code rather than fetched."""
 
 
 def cache_directory() -> Path:

@@ -13,21 +13,14 @@ import orbax.checkpoint as ocp
 from flax import nnx
 from jax.sharding import Mesh
 
-from circuits.convert.build import abstract_model, leaf_name, resolve_dtype
-from circuits.convert.errors import CheckpointError, read_json_object
-from circuits.models.config import ConfigError, ModelConfig
+from circuits.convert.build import abstract_model, leaf_name
+from circuits.convert.cache_marker import FORMAT_VERSION, MARKER, is_cache, read_marker, rebuild_command
+from circuits.convert.dtypes import resolve_dtype
+from circuits.convert.errors import CheckpointError
 from circuits.models.sharding import check_mesh_fits, param_sharding
 from circuits.models.transformer import Transformer
 from circuits.utils import remove_stale_partials, swap_in
 from circuits.world_errors import check_room, library_noise_held, raise_as_write_error
-
-MARKER = "circuits_cache.json"
-FORMAT_VERSION = 2
-"""2: odd checksum weights (every single-value change is caught) and the block description in the config."""
-
-
-def is_cache(path: str | Path) -> bool:
-    return (Path(path) / MARKER).is_file()
 
 
 @jax.jit
@@ -104,40 +97,6 @@ def save_cache(model: Transformer, destination: str | Path, *, overwrite: bool =
     return destination
 
 
-def cache_config(path: str | Path) -> ModelConfig:
-    """The config a cache was written with (from its marker file; no array is read)."""
-    return _read_marker(Path(path).absolute())[0]
-
-
-def cache_dtype(path: str | Path) -> str:
-    """The dtype a cache was written in (its marker file's ``dtype``)."""
-    return str(_read_marker(Path(path).absolute())[1])
-
-
-def _read_marker(path: Path) -> tuple[ModelConfig, jnp.dtype, dict]:
-    """(config, stored dtype, marker dict) from a cache's marker file, every field's type checked."""
-    again = "convert the source again"
-    meta, problem = read_json_object(path / MARKER)
-    if problem:
-        raise CheckpointError(path, [problem], again)
-    if meta.get("format_version") != FORMAT_VERSION:
-        raise CheckpointError(path, [f"cache format {meta.get('format_version')!r} is not {FORMAT_VERSION}"], again)
-    if not isinstance(meta.get("config"), dict) or not isinstance(meta.get("dtype"), str):
-        raise CheckpointError(path, [f"{MARKER} lacks a config object or a dtype name"], again)
-    if "checksums" in meta and not (isinstance(meta["checksums"], dict) and all(isinstance(v, int) for v in meta["checksums"].values())):
-        raise CheckpointError(path, [f"{MARKER} has checksums that are not numbers"], again)
-    try:
-        return ModelConfig.from_dict(meta["config"]), resolve_dtype(meta["dtype"], None), meta
-    except (ConfigError, TypeError, ValueError, AttributeError) as err:
-        raise CheckpointError(path, [f"{MARKER} config is invalid: {err}"], again) from err
-
-
-def rebuild_command(path: Path, meta: dict) -> str:
-    """The fix for a damaged cache: the exact command that rebuilds it (from the source recorded at conversion)."""
-    source = meta.get("source")
-    return f"rebuild it with: circuits convert {source if isinstance(source, str) else 'SOURCE'} {path} --force"
-
-
 def _damaged_arrays(message: str, targets: dict) -> str:
     """Which arrays a TensorStore / Orbax error is about: those it names, else those whose shape matches the
     index it failed to read, else all of it."""
@@ -157,7 +116,7 @@ def _damaged_arrays(message: str, targets: dict) -> str:
 def load_cache(path: str | Path, *, dtype=None, mesh: Mesh | None = None) -> Transformer:
     """Restore a model written by :func:`save_cache`, cast to ``dtype`` and sharded over ``mesh``."""
     path = Path(path).absolute()  # Orbax refuses relative paths
-    config, stored_dtype, meta = _read_marker(path)
+    config, stored_dtype, meta = read_marker(path)
     dtype = resolve_dtype(dtype, stored_dtype)
     if mesh is not None:
         check_mesh_fits(mesh, config.n_kv_heads)

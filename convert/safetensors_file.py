@@ -14,18 +14,14 @@ import math
 import mmap
 from pathlib import Path
 
-import ml_dtypes
 import numpy as np
 
+from circuits.convert.dtypes import resolve_dtype
 from circuits.models.config import is_whole_number
 
-DTYPES: dict[str, np.dtype] = {
-    "F64": np.dtype(np.float64),
-    "F32": np.dtype(np.float32),
-    "F16": np.dtype(np.float16),
-    "BF16": np.dtype(ml_dtypes.bfloat16),
-}
-"""The floating-point dtypes weights may have (integer, boolean and 8-bit float tensors are refused)."""
+DTYPES = {"F64": "float64", "F32": "float32", "F16": "float16", "BF16": "bfloat16"}
+"""The floating-point dtypes weights may have, by their safetensors names (integer, boolean and 8-bit float
+tensors are refused)."""
 
 MAX_HEADER_BYTES = 100_000_000  # the reference implementation's limit
 
@@ -97,7 +93,7 @@ class SafetensorsFile:
         data_start, data_size = 8 + header_len, size - 8 - header_len
         position = 0
         for name, entry in sorted(header.items(), key=lambda item: tuple(item[1]["data_offsets"])):
-            dtype, shape = DTYPES[entry["dtype"]], tuple(entry["shape"])
+            dtype, shape = resolve_dtype(DTYPES[entry["dtype"]], None), tuple(entry["shape"])
             begin, end = entry["data_offsets"]
             if begin != position:
                 self.problems.append(f"{self.path.name}: tensor {name} starts at byte {begin}, not {position} where the previous "

@@ -18,6 +18,7 @@ from tokenizers import Regex, Tokenizer, decoders, models, normalizers, pre_toke
 
 from circuits.convert.gguf_checkpoint import open_gguf
 from circuits.convert.gguf_file import ArrayField, GGUFFile
+from circuits.convert.named_models import DEMO_NAME
 
 LLAMA3_PATTERN = (
     r"(?i:'s|'t|'re|'ve|'m|'ll|'d)|[^\r\n\p{L}\p{N}]?\p{L}+|\p{N}{1,3}| ?[^\s\p{L}\p{N}]+[\r\n]*|\s*[\r\n]+|\s+(?!\S)|\s+"
@@ -171,11 +172,9 @@ def _tokenizer_json(path: Path, kind: str) -> Tokenizer:
 
 
 def tokenizer_at(path: Path, kind: str, gguf_file: GGUFFile | None = None) -> Tokenizer:
-    """The tokenizer of a resolved checkpoint of ``kind`` (see :class:`circuits.convert.loading.Checkpoint`): from
+    """The tokenizer of a resolved checkpoint of ``kind`` (see :class:`circuits.convert.checkpoint.Checkpoint`): from
     a GGUF file's metadata (``gguf_file``: that file already open), else the directory's ``tokenizer.json`` (a convert cache keeps its source's), else
     its SentencePiece ``tokenizer.model``."""
-    from circuits.convert.loading import DEMO_NAME
-
     if kind == "demo":
         raise TokenizerError(f"the {DEMO_NAME!r} model is planted by hand over a toy vocabulary and has no tokenizer; "
                              "fix: use a real checkpoint, e.g. smollm2-135m")
@@ -193,7 +192,7 @@ def tokenizer_at(path: Path, kind: str, gguf_file: GGUFFile | None = None) -> To
 
 def load_tokenizer(path) -> Tokenizer:
     """The tokenizer of a model name, GGUF file, HF directory (its ``tokenizer.json``, else its SentencePiece
-    ``tokenizer.model``), convert cache, or :class:`~circuits.convert.loading.Checkpoint`."""
-    from circuits.convert.loading import open_checkpoint
+    ``tokenizer.model``), convert cache, or :class:`~circuits.convert.checkpoint.Checkpoint`."""
+    from circuits.convert.checkpoint import open_checkpoint
 
     return open_checkpoint(path).tokenizer()

@@ -1,26 +1,24 @@
 """Flax NNX models: config, the canonical parameter layout, RoPE, GQA attention, MLP, decoder, interventions,
-sharding rules and the planted demo model. Imports nothing else of the project."""
+sharding rules and the planted demo model. Imports nothing else of the project; names are imported on first use."""
 
-from circuits.models.config import ConfigError, ModelConfig, RopeScaling
-from circuits.models.interventions import CAPTURE_NAMES, Interventions
-from circuits.models.layout import PARAM_AXES, TensorSource, canonical_shape, parameter_count
-from circuits.models.sharding import MeshError, make_mesh, parse_mesh, shard_tokens
-from circuits.models.transformer import DecoderBlock, Transformer
+from circuits.lazy import lazy_face
 
-__all__ = [
-    "CAPTURE_NAMES",
-    "ConfigError",
-    "DecoderBlock",
-    "Interventions",
-    "MeshError",
-    "PARAM_AXES",
-    "ModelConfig",
-    "RopeScaling",
-    "TensorSource",
-    "Transformer",
-    "canonical_shape",
-    "make_mesh",
-    "parameter_count",
-    "parse_mesh",
-    "shard_tokens",
-]
+_PUBLIC = {
+    "ConfigError": "config",
+    "ModelConfig": "config",
+    "RopeScaling": "config",
+    "CAPTURE_NAMES": "interventions",
+    "Interventions": "interventions",
+    "PARAM_AXES": "layout",
+    "TensorSource": "layout",
+    "canonical_shape": "layout",
+    "parameter_count": "layout",
+    "MeshError": "sharding",
+    "make_mesh": "sharding",
+    "parse_mesh": "sharding",
+    "shard_tokens": "sharding",
+    "DecoderBlock": "transformer",
+    "Transformer": "transformer",
+}
+__all__ = sorted(_PUBLIC)
+__getattr__, __dir__ = lazy_face(__name__, _PUBLIC)

@@ -25,7 +25,6 @@ from circuits.models.config import ModelConfig
 from circuits.models.rope import inverse_frequencies
 from circuits.models.transformer import Transformer
 
-DEMO_NAME = "demo-induction"
 POSITIONAL_PAIRS = 4  # RoPE pairs used by the previous-token head
 
 

@@ -23,6 +23,12 @@ PER_LAYER = {"per_layer": True}
 """Field metadata of the :class:`Interventions` fields with a leading [L] axis: the layer loop hands each layer
 its slice of exactly these (declared once, here, so a new per-layer field cannot be silently ignored)."""
 
+def batch_axis(axis: int, **metadata) -> dict:
+    """Field metadata of the :class:`Interventions` fields that hold one entry per sequence, on ``axis``: a row
+    chunk of the batch takes its slice of exactly these (:meth:`Interventions.rows`)."""
+    return {**metadata, "batch_axis": axis}
+
+
 KNOCKOUT_LOGIT = -1e9
 """Added to the attention logit of a knocked-out edge: large and finite, so a fully masked row stays finite."""
 
@@ -50,11 +56,11 @@ class Interventions:
 
     head_scale: jax.Array = dataclasses.field(metadata=PER_LAYER)
     head_replacement: jax.Array = dataclasses.field(metadata=PER_LAYER)
-    knockout_edges: jax.Array | None = None
+    knockout_edges: jax.Array | None = dataclasses.field(default=None, metadata=batch_axis(0))
     knockout_heads: jax.Array | None = dataclasses.field(default=None, metadata=PER_LAYER)
-    pattern_override: jax.Array | None = dataclasses.field(default=None, metadata=PER_LAYER)
+    pattern_override: jax.Array | None = dataclasses.field(default=None, metadata=batch_axis(1, **PER_LAYER))
     pattern_heads: jax.Array | None = dataclasses.field(default=None, metadata=PER_LAYER)
-    copy_tokens: jax.Array | None = None
+    copy_tokens: jax.Array | None = dataclasses.field(default=None, metadata=batch_axis(0))
     copy_heads: jax.Array | None = dataclasses.field(default=None, metadata=PER_LAYER)
     copy_gain: jax.Array | float = 1.0
 
@@ -66,6 +72,16 @@ class Interventions:
             head_scale=jnp.ones(shape, jnp.float32),
             head_replacement=jnp.zeros(shape + (config.head_dim,), jnp.float32),
         )
+
+    def rows(self, start, size: int) -> "Interventions":
+        """The same interventions for sequences ``start`` .. ``start + size`` of the batch (every per-sequence field
+        sliced; ``start`` may be traced)."""
+        sliced = {}
+        for field in dataclasses.fields(self):
+            value, axis = getattr(self, field.name), field.metadata.get("batch_axis")
+            if axis is not None and value is not None:
+                sliced[field.name] = jax.lax.dynamic_slice_in_dim(value, start, size, axis=axis)
+        return dataclasses.replace(self, **sliced)
 
     def ablate(self, heads: jax.Array, replacement: jax.Array | None = None) -> "Interventions":
         """Zero-ablate (or, with ``replacement`` f32[L,K,G,D], mean-ablate) heads where ``heads`` bool[L,K,G] is True."""

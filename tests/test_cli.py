@@ -2,6 +2,8 @@
 
 import json
 import os
+import subprocess
+import sys
 
 import pytest
 
@@ -9,7 +11,7 @@ from circuits.cli import main
 
 
 def test_analyze_demo_writes_json_with_planted_edge(tmp_path, capsys):
-    out = tmp_path / "nested" / "prediction.json"
+    out = tmp_path / "prediction.json"
     assert main(["analyze", "demo-induction", "--out", str(out)]) == 0
     printed = capsys.readouterr().out
     assert "L0H0" in printed and "L1H0" in printed
@@ -22,6 +24,52 @@ def test_analyze_demo_writes_json_with_planted_edge(tmp_path, capsys):
     edge = data["edges"][0]
     assert (edge["prev_layer"], edge["prev_head"], edge["layer"], edge["head"]) == (0, 0, 1, 0)
     assert sorted(p.name for p in out.parent.iterdir()) == ["prediction.json"]
+
+
+def test_an_output_in_a_missing_folder_is_refused_before_the_work(tmp_path, capsys):
+    for args in (["analyze", "demo-induction", "--out", str(tmp_path / "typo" / "p.json")],
+                 ["report", "demo-induction", "--out", str(tmp_path / "typo" / "report")],
+                 ["convert", "demo-induction", str(tmp_path / "typo" / "cache")]):
+        assert main(args) == 2
+        err = capsys.readouterr().err
+        assert err.count("\n") == 1 and f"the folder {tmp_path / 'typo'} does not exist" in err and "mkdir -p" in err
+    assert list(tmp_path.iterdir()) == []
+
+
+def _run_cold(*args: str) -> tuple[subprocess.CompletedProcess, list[str]]:
+    """(the finished ``circuits ARGS`` in a fresh interpreter, the heavy libraries it imported)."""
+    code = ("import sys, runpy; sys.argv = ['circuits', *sys.argv[1:]]\n"
+            "try: runpy.run_module('circuits.cli', run_name='__main__')\n"
+            "except SystemExit: pass\n"
+            "print('imported:', ' '.join(m for m in ('jax', 'flax', 'optax', 'orbax', 'matplotlib', 'scipy', 'ml_dtypes') if m in sys.modules), file=sys.stderr)")
+    done = subprocess.run([sys.executable, "-c", code, *args], capture_output=True, text=True, timeout=120)
+    return done, done.stderr.rsplit("imported:", 1)[1].split()
+
+
+@pytest.mark.parametrize("args", [("--help",), ("--version",), ("analyze", "--help"), ("report", "--help")])
+def test_help_and_version_import_no_heavy_library(args):
+    done, imported = _run_cold(*args)
+    assert "circuits" in done.stdout and imported == []
+
+
+def test_info_reads_metadata_without_jax(make_llama, tmp_path):
+    directory, _ = make_llama("hf")
+    done, imported = _run_cold("info", str(directory))
+    assert "parameters" in done.stdout and "loads as" in done.stdout, done.stderr
+    assert imported == []
+
+
+@pytest.mark.parametrize("args, cause", [
+    (["analyze", "--top", "0"], "argument --top: 0 is not a positive integer"),
+    (["anlyze"], "invalid choice: 'anlyze'"),
+    ([], "the following arguments are required: COMMAND"),
+    (["report", "--no-such-flag"], "unrecognized arguments: --no-such-flag"),
+])
+def test_usage_mistakes_are_one_line_with_the_hint(args, cause, capsys):
+    with pytest.raises(SystemExit) as info:
+        main(args)
+    err = capsys.readouterr().err
+    assert info.value.code == 2 and err.count("\n") == 1 and cause in err and "--help" in err
 
 
 def test_analyze_streams_an_hf_checkpoint(make_llama, tmp_path):

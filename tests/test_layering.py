@@ -11,7 +11,7 @@ ROOT = Path(__file__).resolve().parents[1]
 FOLDERS = {"models": "circuits.models", "convert": "circuits.convert", "analysis": "circuits.analysis"}
 GROUND = ("circuits.utils", "circuits.plots", "circuits.world_errors", "circuits.distributed")
 ALLOWED = {
-    "circuits.models": ("circuits.models",),
+    "circuits.models": ("circuits.models", "circuits.lazy"),
     "circuits.convert": ("circuits.convert", "circuits.models", *GROUND),
     "circuits.analysis": ("circuits.analysis", "circuits.models", *GROUND),
     "circuits.utils": ("circuits.distributed",),

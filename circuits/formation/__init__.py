@@ -2,10 +2,11 @@
 
 :mod:`.tasks` makes training batches, :mod:`.clamps` fixes attention patterns, :mod:`.measures`
 scores a model during training, :mod:`.training` runs seeds together as one vmapped program, and
-:mod:`.experiment` turns the runs into a :class:`FormationResult`.
+:mod:`.experiment` turns the runs into a :class:`FormationResult`. Names are imported on first use.
 """
 
-from circuits.formation.experiment import FormationResult, run_formation
-from circuits.formation.training import Trainer, TrainSettings
+from circuits.lazy import lazy_face
 
-__all__ = ["FormationResult", "TrainSettings", "Trainer", "run_formation"]
+_PUBLIC = {"FormationResult": "experiment", "run_formation": "experiment", "Trainer": "training", "TrainSettings": "training"}
+__all__ = sorted(_PUBLIC)
+__getattr__, __dir__ = lazy_face(__name__, _PUBLIC)

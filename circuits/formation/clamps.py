@@ -24,14 +24,12 @@ import jax.numpy as jnp
 import numpy as np
 
 from circuits.analysis.targets import previous_token_targets
+from circuits.formation.defaults import CLAMP_NAMES
 from circuits.formation.tasks import TaskBatch
 from circuits.models.config import ModelConfig
 from circuits.models.interventions import Interventions
 from circuits.utils import head_label
 
-CLAMP_NAMES = ("previous-token", "induction", "copy")
-DEFAULT_CLAMPS = ("none",) + CLAMP_NAMES
-"""The runs ``circuits train`` makes by default: unclamped, then each subcircuit clamped."""
 _HEAD = re.compile(r"^L(\d+)H(\d+)$")
 
 

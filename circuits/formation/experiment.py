@@ -14,7 +14,8 @@ from pathlib import Path
 
 import numpy as np
 
-from circuits.formation.clamps import DEFAULT_CLAMPS, Clamp
+from circuits.formation.clamps import Clamp
+from circuits.formation.defaults import DEFAULT_CLAMPS
 from circuits.formation.measures import Measures
 from circuits.formation.training import RunResult, Trainer, TrainSettings
 from circuits.plots import training_curves

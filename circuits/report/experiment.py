@@ -29,6 +29,7 @@ from circuits.analysis.induction import InductionEdge, predict_induction
 from circuits.analysis.repeated_tokens import repeated_random_tokens
 from circuits.analysis.targets import induction_targets
 from circuits.utils import ResultFiles, json_text, progress, rounded_list
+from circuits.world_errors import release_freed_memory
 
 SCHEMA_VERSION = 3
 PREVIOUS_TOKEN_THRESHOLD = 0.5
@@ -194,6 +195,7 @@ def validate_prediction(model, predicted: np.ndarray, k: int, *, source_heads: n
     }
     for name, run in progress(list(steps.items()), "validating with forward passes", enabled=show_progress):
         results[name] = run()
+        release_freed_memory()
     scores = {name: s.scores for name, s in results["attention"].items()}
     prefix = scores["prefix_matching"]
     confirmed = [(layer, head) for layer, head in top_heads(predicted, k) if prefix[layer, head] >= confirm_threshold]
@@ -239,7 +241,7 @@ def report(
     the weight-only part and the forward passes (a GGUF file is dequantised once). ``k``: how many heads
     count as "top" (default: 3% of all heads).
     """
-    from circuits.convert.loading import open_checkpoint
+    from circuits.convert.checkpoint import open_checkpoint
     from circuits.models.transformer import Transformer
 
     if isinstance(model, Transformer):
@@ -253,6 +255,7 @@ def report(
         streamed = checkpoint.kind in ("hf", "gguf") and not validate  # else the loaded model serves both parts
         loaded = None if streamed else checkpoint.load(dtype=dtype, mesh=mesh, show_progress=show_progress)
         source = loaded if loaded is not None else checkpoint.weights(show_progress=show_progress)
+        del checkpoint  # a loaded model no longer needs the memory-mapped file
     config = source.config
     k = k or heads_for_fraction(config.n_layers, config.n_heads, 0.03)
     if not 0 < k <= config.n_layers * config.n_heads:
@@ -260,6 +263,7 @@ def report(
                          f"{config.n_layers * config.n_heads} (--top)")
     prediction = predict_induction(source, fold_norms=fold_norms, n_edges=max(20, k), show_progress=show_progress)
     del source
+    release_freed_memory()
     validation = None
     if validate:
         validation = validate_prediction(loaded, prediction.predicted_induction.scores, k, source_heads=prediction.source_heads,

@@ -234,3 +234,28 @@ def test_bad_interventions_are_refused(model, tokens):
         model(tokens, wrong)
     with pytest.raises(ValueError, match="needs the edges"):
         sweep_losses(model, tokens, np.ones(23, bool), knock_out=one_head_each(model.config))
+
+
+def test_row_chunks_change_no_result(model, monkeypatch):
+    """A pass budget too small for one sequence splits every measurement into one-row passes: sweeps, their
+    gradient estimates (knockouts too) and the attention and copying scores come out the same."""
+    from circuits.analysis import batching
+    from circuits.analysis.attention import attention_scores, copying_scores
+
+    batch = random_tokens(4, 24, VOCAB, seed=9)
+    later = np.zeros(23, bool)
+    later[12:] = True
+    sets = one_head_each(model.config)[::5]
+    edges = induction_targets(batch)
+
+    def measure():
+        return (sweep_losses(model, batch, later, ablate=sets), estimate_sweep_losses(model, batch, later, ablate=sets),
+                sweep_losses(model, batch, later, knock_out=sets, edges=edges),
+                estimate_sweep_losses(model, batch, later, knock_out=sets, edges=edges),
+                attention_scores(model, batch)["prefix_matching"].scores, copying_scores(model, batch).scores)
+
+    whole = measure()
+    monkeypatch.setattr(batching, "PASS_BUDGET_BYTES", 1)
+    assert batching.rows_per_pass(4, 10) == 1
+    for chunked, full in zip(measure(), whole):
+        np.testing.assert_allclose(chunked, full, rtol=1e-5, atol=1e-6)

@@ -11,7 +11,7 @@ from helpers import greedy_continuation, torch_logits
 
 import circuits
 from circuits.analysis.repeated_tokens import repeated_random_tokens
-from circuits.convert.loading import resolve
+from circuits.convert.checkpoint import resolve
 from circuits.convert.named_models import NAMED_MODELS, fetch_named_model
 
 pytestmark = pytest.mark.network
