@@ -9,3 +9,11 @@ METHOD_HELP = {
 }
 METHODS = tuple(METHOD_HELP)
 """Every method's name; the first is the default."""
+
+SCORE_UNITS = {
+    "kcomp-token-zgain": "a relative score (K-composition in multiples of its random baseline x z-score x logit gain in nats)",
+    "kcomp-token-z": "a relative score (K-composition in multiples of its random baseline x z-score)",
+    "token-zgain-rms": "z-score x logit gain in nats at the reading head's input",
+    "ov-kcomp-eigen": "a relative score (OV copying x K-composition in multiples of its random baseline)",
+}
+"""What each method's predicted-induction number is, for every table and figure that shows one."""

@@ -50,3 +50,14 @@ def smollm2():
     import circuits
 
     return circuits.load("smollm2-135m", show_progress=False)
+
+
+@pytest.fixture(scope="session")
+def smollm2_report(tmp_path_factory):
+    """The README's main job, once per session: ``circuits report --validate`` on the default model, written to a
+    temporary directory (its report.json, report.md and report.html)."""
+    from circuits.cli import main
+
+    out = tmp_path_factory.mktemp("smollm2-report") / "report"
+    assert main(["report", "--validate", "--out", str(out)]) == 0
+    return out

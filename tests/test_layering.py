@@ -9,15 +9,17 @@ import pytest
 
 ROOT = Path(__file__).resolve().parents[1]
 FOLDERS = {"models": "circuits.models", "convert": "circuits.convert", "analysis": "circuits.analysis"}
-GROUND = ("circuits.utils", "circuits.plots", "circuits.world_errors", "circuits.distributed")
+GROUND = ("circuits.utils", "circuits.plots", "circuits.svg_figures", "circuits.world_errors", "circuits.distributed", "circuits.lazy")
 ALLOWED = {
     "circuits.models": ("circuits.models", "circuits.lazy"),
+    "circuits.lazy": (),
     "circuits.convert": ("circuits.convert", "circuits.models", *GROUND),
     "circuits.analysis": ("circuits.analysis", "circuits.models", *GROUND),
     "circuits.utils": ("circuits.distributed",),
     "circuits.distributed": (),
     "circuits.world_errors": (),
     "circuits.plots": ("circuits.utils",),
+    "circuits.svg_figures": ("circuits.utils",),
     "circuits.report": ("circuits.report", "circuits.analysis", "circuits.convert", "circuits.models", *GROUND),
     "circuits.icl": ("circuits.icl", "circuits.analysis", "circuits.convert", "circuits.models", *GROUND),
     "circuits.formation": ("circuits.formation", "circuits.analysis", "circuits.convert", "circuits.models", *GROUND),

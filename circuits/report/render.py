@@ -11,7 +11,8 @@ import numpy as np
 from markdown_it import MarkdownIt
 from markupsafe import Markup
 
-from circuits.plots import circuit_graph, head_heatmap, prediction_scatter
+from circuits.analysis.methods import SCORE_UNITS
+from circuits.svg_figures import ColourScale, GraphNode, ScatterPoint, circuit_graph, head_heatmap, prediction_scatter
 from circuits.utils import head_label
 
 READING_GUIDE = """\
@@ -110,6 +111,18 @@ def measured_rows(report) -> tuple[list[str], list[list[str]]]:
     return header, rows
 
 
+def _largest_exact_ablations(report, shown: int = 3) -> str:
+    """The heads whose exact single-head ablation costs the most, named whether or not they were predicted."""
+    v = report.validation
+    ranks = {(layer, head): rank for rank, (layer, head, _) in enumerate(report.all_predicted(), 1)}
+    largest = sorted(v.head_effects.exact, key=lambda effect: -effect[2])[:shown]
+    named = [f"{head_label(layer, head)} {increase:+.2f} nats (predicted rank {ranks[(layer, head)]}, prefix matching "
+             f"{v.prefix_matching[layer, head]:.2f})" for layer, head, increase in largest]
+    unpredicted = [head_label(layer, head) for layer, head, _ in largest if ranks[(layer, head)] > report.k]
+    return (f"Largest exact single-head ablation effects (of the {len(v.head_effects.exact)} heads the gradient estimate ranks "
+            f"highest): {'; '.join(named)}" + (f"; not among the top {report.k} predicted: {', '.join(unpredicted)}." if unpredicted else "."))
+
+
 def summary_lines(report) -> list[str]:
     """The report's opening lines: what was analysed and how, and (validated) the headline figures."""
     c, p, settings, origin = report.config, report.preprocessing, report.settings, report.provenance
@@ -123,6 +136,8 @@ def summary_lines(report) -> list[str]:
         f"Products in {p['accumulation_dtype']}; RMSNorm gains {'folded' if p['fold_norms'] else 'not folded'}; unembedding "
         f"{'centred' if p['center_unembed'] else 'not centred'}; K-composition random baseline "
         f"{report.k_composition_baseline['mean']:.4f} +- {report.k_composition_baseline['std']:.4f}.",
+        f"Predicted induction is {SCORE_UNITS.get(report.method, 'a relative score')}: its order and ratios carry the prediction, "
+        "not its size; 0 means no induction circuit is predicted.",
     ]
     v = report.validation
     if v is not None:
@@ -137,6 +152,7 @@ def summary_lines(report) -> list[str]:
             f"measured prefix matching: {v.measured_top_ablated_loss - a.clean_loss:+.2f}.",
             f"{v.previous_token_sources} of the top {report.k} predicted heads read from a predicted source head that is a "
             f"measured previous-token head (previous token >= {v.previous_token_threshold}).",
+            _largest_exact_ablations(report),
         ]
     return lines
 
@@ -171,7 +187,7 @@ def report_markdown(report) -> str:
 STYLE = """body{font-family:system-ui,sans-serif;max-width:1150px;margin:2em auto;padding:0 1em;color:#222;line-height:1.4}
 table{border-collapse:collapse;margin:1em 0;font-size:14px}td,th{border:1px solid #ccc;padding:3px 8px;text-align:right}
 th{background:#f4f4f4}tbody tr:nth-child(even){background:#fafafa}.figures{display:flex;flex-wrap:wrap;gap:1.2em;align-items:flex-start}
-.figures figure{margin:0}figcaption{font-size:13px;color:#555}li{margin:.2em 0}rect:hover{stroke:#000;stroke-width:1.5}"""
+.figures figure{margin:0}svg{max-width:100%;height:auto}figcaption{font-size:13px;color:#555}li{margin:.2em 0}rect:hover{stroke:#000;stroke-width:1.5}"""
 
 TEMPLATE = jinja2.Environment(autoescape=True, trim_blocks=True, lstrip_blocks=True).from_string("""<!DOCTYPE html>
 <html lang="en"><head><meta charset="utf-8"><title>Induction circuits: {{ model }}</title><style>{{ style }}</style></head>
@@ -180,16 +196,20 @@ TEMPLATE = jinja2.Environment(autoescape=True, trim_blocks=True, lstrip_blocks=T
 {{ summary }}
 {% if scatter %}
 <h2>Predicted against measured</h2>
-<figure id="scatter">{{ scatter }}<figcaption>Every head; the top heads of each ranking are labelled.</figcaption></figure>
+<figure id="scatter">{{ scatter }}<figcaption>Every head. Red and labelled: the top {{ k }} predicted and the top {{ k }} measured heads.
+Hover a point for its head, both scores and both ranks.</figcaption></figure>
 {% endif %}
 <h2>Layer x head maps</h2>
-<p>Hover a cell for its head and score.</p>
+<p>Hover a cell for its head and score. Predicted induction uses a log colour scale (its scores span orders of
+magnitude); the ablation map shows the gradient estimate for every head, and outlines the heads whose ablation was
+also computed exactly (hover one for both values).</p>
 <div class="figures">
 {% for id, svg in heatmaps %}<figure id="{{ id }}">{{ svg }}</figure>
 {% endfor %}
 </div>
 <h2>Circuit graph</h2>
-<figure id="circuit-graph">{{ graph }}</figure>
+<figure id="circuit-graph">{{ graph }}<figcaption>Each of the top {{ k }} predicted induction heads with the
+earlier head its score comes from; line width follows the score. Hover a node or an edge for its scores.</figcaption></figure>
 {% for title, body in sections %}
 <h2>{{ title }}</h2>
 {{ body }}
@@ -198,30 +218,94 @@ TEMPLATE = jinja2.Environment(autoescape=True, trim_blocks=True, lstrip_blocks=T
 """)
 
 
+def _ranks(scores: np.ndarray) -> np.ndarray:
+    """int[L, N]: each head's rank (1 = highest) by ``scores``."""
+    order = np.argsort(-scores, axis=None, kind="stable")
+    ranks = np.empty(order.size, int)
+    ranks[order] = np.arange(1, order.size + 1)
+    return ranks.reshape(scores.shape)
+
+
+def _scatter(report) -> str:
+    """Every head, predicted against measured; the top-k of each ranking highlighted and labelled."""
+    v, predicted = report.validation, report.predicted_induction
+    predicted_rank, measured_rank = _ranks(predicted), _ranks(v.prefix_matching)
+    highlighted = {(l, h) for l, h, _ in report.top_predicted()} | {(l, h) for l, h, _ in v.measured_top(report.k)}
+    points = []
+    for layer in range(predicted.shape[0]):
+        for head in range(predicted.shape[1]):
+            status = ("confirmed" if (layer, head) in v.confirmed else "a miss") if predicted_rank[layer, head] <= report.k else (
+                "missed by the prediction" if measured_rank[layer, head] <= report.k else "")
+            title = (f"{head_label(layer, head)}: predicted induction {predicted[layer, head]:.4g} (rank {predicted_rank[layer, head]} "
+                     f"of {predicted.size}); prefix matching {v.prefix_matching[layer, head]:.3f} (rank {measured_rank[layer, head]})"
+                     + (f"; {status}" if status else ""))
+            points.append(ScatterPoint(layer, head, float(predicted[layer, head]), float(v.prefix_matching[layer, head]), title,
+                                       (layer, head) in highlighted))
+    positive = predicted[predicted > 0]
+    log_x = positive.size > 1 and positive.max() / positive.min() > 100
+    return prediction_scatter(points, title="predicted induction vs measured prefix matching, every head",
+                              x_label="predicted induction (weights only, relative score)", y_label="prefix matching (measured)",
+                              log_x=log_x)
+
+
+def _graph(report) -> str:
+    """The top-k predicted heads, each with the source head that maximises its score."""
+    v = report.validation
+    targets = sorted((layer, head) for layer, head, _ in report.top_predicted())
+    with_source = [(t, report.source_of(*t)) for t in targets if report.source_of(*t)[0] >= 0]
+    sources = sorted({source for _, source in with_source})
+    feeds = {source: [head_label(*t) for t, s in with_source if s == source] for source in sources}
+    rank = _ranks(report.predicted_induction)
+    target_nodes, source_nodes = [], []
+    for layer, head in targets:
+        source = report.source_of(layer, head)
+        title = (f"{head_label(layer, head)}: predicted induction {report.predicted_induction[layer, head]:.4g} (rank "
+                 f"{rank[layer, head]}), source {head_label(*source) if source[0] >= 0 else 'none'}")
+        confirmed = None
+        if v is not None:
+            confirmed = (layer, head) in v.confirmed
+            title += f"; measured prefix matching {v.prefix_matching[layer, head]:.3f} ({'confirmed' if confirmed else 'a miss'})"
+        target_nodes.append(GraphNode(layer, head, "target", title, confirmed))
+    for layer, head in sources:
+        title = f"{head_label(layer, head)}: predicted previous-token head of {', '.join(feeds[(layer, head)])}"
+        confirmed = None
+        if v is not None:
+            confirmed = bool(v.previous_token[layer, head] >= v.previous_token_threshold)
+            title += (f"; measured previous token {v.previous_token[layer, head]:.3f} ("
+                      + ("a previous-token head)" if confirmed else f"below {v.previous_token_threshold}: not a previous-token head)"))
+        source_nodes.append(GraphNode(layer, head, "source", title, confirmed))
+    edges = [(sources.index(source), targets.index(target), float(report.predicted_induction[target]),
+              f"{head_label(*source)} -> {head_label(*target)}: strength {report.predicted_induction[target]:.4g}")
+             for target, source in with_source]
+    return circuit_graph(source_nodes, target_nodes, edges,
+                         title=f"the top {report.k} predicted induction heads and the source head of each")
+
+
 def report_html(report) -> str:
     """One HTML file with inline CSS and inline SVG figures: viewable offline, the same bytes for the same report."""
     markdown = MarkdownIt("commonmark", {"html": False}).enable("table")
-    n_layers, n_heads = report.predicted_induction.shape
-    maps = [("heatmap-predicted", head_heatmap(report.predicted_induction, "predicted induction (weights)", vmin=0)),
-            ("heatmap-ov", head_heatmap(report.ov_copying, "OV copying (weights)", vmin=-1, vmax=1, cmap="RdBu_r"))]
+    maps = [("heatmap-predicted", head_heatmap(report.predicted_induction, "predicted induction (weights, relative score)",
+                                               scale=ColourScale.fit(report.predicted_induction, kind="log"))),
+            ("heatmap-ov", head_heatmap(report.ov_copying, "OV copying (weights)", scale=ColourScale(-1.0, 1.0), cmap="RdBu_r"))]
     v = report.validation
     scatter = None
     if v is not None:
-        maps += [("heatmap-prefix", head_heatmap(v.prefix_matching, "prefix matching (measured)", vmin=0, vmax=1)),
-                 ("heatmap-previous", head_heatmap(v.previous_token, "previous token (measured)", vmin=0, vmax=1)),
-                 ("heatmap-copying", head_heatmap(v.copying, "copying (measured)", vmin=0, vmax=1)),
-                 ("heatmap-ablation", head_heatmap(v.head_effects.estimated, "single-head ablation, nats (estimate)", cmap="magma"))]
-        scatter = Markup(prediction_scatter(report.predicted_induction, v.prefix_matching, label_top=min(report.k, 8),
-                                            title="predicted induction vs measured prefix matching, all heads"))
-    edges = [(e.prev_layer, e.prev_head, e.layer, e.head, e.score) for e in report.edges[: max(10, report.k)]]
-    graph = circuit_graph(edges, n_layers, n_heads, "predicted previous-token -> induction edges")
+        unit = ColourScale(0.0, 1.0)
+        exact = {(layer, head): f"exact {increase:+.3f} nats" for layer, head, increase in v.head_effects.exact}
+        maps += [("heatmap-prefix", head_heatmap(v.prefix_matching, "prefix matching (measured)", scale=unit)),
+                 ("heatmap-previous", head_heatmap(v.previous_token, "previous token (measured)", scale=unit)),
+                 ("heatmap-copying", head_heatmap(v.copying, "copying (measured)", scale=unit)),
+                 ("heatmap-ablation", head_heatmap(v.head_effects.estimated, "single-head ablation: gradient estimate, nats",
+                                                   cmap="magma", unit=" (estimate)", outlined=exact))]
+        scatter = Markup(_scatter(report))
     summary = "\n".join(f"- {line}" for line in summary_lines(report))
     return TEMPLATE.render(
         model=report.model,
+        k=report.k,
         style=Markup(STYLE),
         summary=Markup(markdown.render(summary)),
         scatter=scatter,
         heatmaps=[(key, Markup(svg)) for key, svg in maps],
-        graph=Markup(graph),
+        graph=Markup(_graph(report)),
         sections=[(title, Markup(markdown.render(body))) for title, body in markdown_sections(report)],
     )

@@ -100,9 +100,8 @@ def test_cli_errors_name_cause_and_fix_and_write_nothing(tmp_path, capsys, monke
 
 
 @pytest.mark.network
-def test_real_model_report_contains_the_confirmed_heads(tmp_path, capsys):
-    out = tmp_path / "smollm2"
-    assert main(["report", "--validate", "--out", str(out)]) == 0  # the README's main job, on the default model
+def test_real_model_report_contains_the_confirmed_heads(smollm2_report):
+    out = smollm2_report  # the README's main job, on the default model
     data = json.loads((out / "report.json").read_text())
     validation = data["validation"]
     assert data["config"]["n_layers"] == 30 and validation["confirmed"]
