@@ -208,7 +208,7 @@ def sweep_losses(
     if show_progress is None:
         show_progress = n > 8
     loss_sums = np.zeros(n, np.float64)
-    for layer, members, row_start in progress(calls, f"sweep over {n} head sets", enabled=show_progress):
+    for layer, members, row_start in progress(calls, f"sweep over {n} head set{'s' * (n != 1)}", enabled=show_progress):
         padded = np.resize(members, size)  # a full chunk (repeating members), so every call has one shape
         knock = None if knock_out is None else place(np.asarray(knock_out, bool)[padded])
         start = min(int(layer), config.n_layers - 1)  # untouched sets run the last layer, unchanged
@@ -219,13 +219,15 @@ def sweep_losses(
 
 
 def estimate_sweep_losses(
-    model: Transformer, tokens, loss_mask, *, ablate=None, knock_out=None, edges=None, replacement=None
+    model: Transformer, tokens, loss_mask, *, ablate=None, knock_out=None, edges=None, replacement=None,
+    show_progress: bool = False,
 ) -> np.ndarray:
     """f32[n]: first-order estimates of :func:`sweep_losses` for every set at once (attribution patching).
 
     One forward and one backward: the loss's gradient with respect to each head's output scale (and, with
     ``knock_out``, to each head's knockout gate) at the clean point; a set's estimate is the clean loss
     plus the summed linear change of its heads. Exact for one head where the loss is linear in its output.
+    ``show_progress``: a bar over the row chunks the backward pass is split into.
     """
     config = model.config
     data = SweepData.make(tokens, loss_mask)
@@ -236,7 +238,8 @@ def estimate_sweep_losses(
     graphdef, state = nnx.split(model)
     clean, scale_grad, gate_grad = 0.0, 0.0, 0.0
     n_rows = rows_per_pass(int(data.tokens.shape[0]), _backward_bytes_per_row(config, data))
-    for row_start in range(0, int(data.tokens.shape[0]), n_rows):  # sums: the chunks add up exactly
+    starts = range(0, int(data.tokens.shape[0]), n_rows)
+    for row_start in progress(starts, "gradient estimate (forward + backward)", enabled=show_progress):  # sums add up exactly
         loss_sum, (scale_sum, gate_sum) = _loss_sum_gradients(graphdef, state, data, base, jnp.int32(row_start), n_rows)
         clean += float(loss_sum)
         scale_grad = scale_grad + host_array(scale_sum).astype(np.float64)

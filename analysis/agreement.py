@@ -94,11 +94,13 @@ def ablation_effect(
     seeds: tuple[int, ...] = (0, 1, 2),
     mode: str = "zero",
     layer_matched: bool = False,
+    show_progress: bool | None = None,
 ) -> AblationEffect:
     """Ablate the top-k heads of ``ranking`` [L, N] and, per seed, k random heads; one sweep program for all.
 
     mode: ``"zero"`` or ``"mean"`` (each head's mean output over ``data``).
     layer_matched: draw the random heads with the same number per layer as the top-k.
+    show_progress: the sweep's bar (see :func:`~circuits.analysis.ablation.sweep_losses`).
     """
     if mode not in ("zero", "mean"):
         raise ValueError(f"unknown ablation mode {mode!r}; use 'zero' or 'mean'")
@@ -107,7 +109,7 @@ def ablation_effect(
     random_sets = [random_heads(config.n_layers, config.n_heads, k, seed, heads if layer_matched else None) for seed in seeds]
     sets = np.stack([heads_mask(config, [])] + [heads_mask(config, heads)] + [heads_mask(config, r) for r in random_sets])
     replacement = mean_head_outputs(model, data.tokens) if mode == "mean" else None
-    losses = sweep_losses(model, data.tokens, data.later_repeats, ablate=sets, replacement=replacement)
+    losses = sweep_losses(model, data.tokens, data.later_repeats, ablate=sets, replacement=replacement, show_progress=show_progress)
     return AblationEffect(k, heads, mode, float(losses[0]), float(losses[1]), [float(x) for x in losses[2:]], list(seeds))
 
 
@@ -131,7 +133,7 @@ def single_head_effects(model: Transformer, data: RepeatedTokens, n_exact: int, 
     sets = one_head_each(config)
     nothing = np.zeros((1,) + sets.shape[1:], bool)
     clean = float(sweep_losses(model, data.tokens, data.later_repeats, ablate=nothing, show_progress=False)[0])
-    estimated = estimate_sweep_losses(model, data.tokens, data.later_repeats, ablate=sets) - clean
+    estimated = estimate_sweep_losses(model, data.tokens, data.later_repeats, ablate=sets, show_progress=show_progress) - clean
     order = np.argsort(-estimated, kind="stable")[:n_exact]
     exact = sweep_losses(model, data.tokens, data.later_repeats, ablate=sets[order], show_progress=show_progress) - clean
     heads = [divmod(int(i), config.n_heads) for i in order]

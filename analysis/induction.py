@@ -332,6 +332,26 @@ class InductionPrediction:
         prev_layer, prev_head = self.source_heads[layer, head]
         return int(prev_layer), int(prev_head)
 
+    def __repr__(self) -> str:
+        top = ", ".join(f"L{l}H{h} <- L{sl}H{sh}" for l, h, _ in self.predicted_induction.top(3) for sl, sh in [self.source_of(l, h)])
+        layers, heads = self.predicted_induction.scores.shape
+        return f"InductionPrediction({self.method}, {layers} layers x {heads} heads, top {top})"
+
+    def _repr_html_(self, k: int = 10) -> str:
+        """The top ``k`` heads as a table (score, source head, OV copying) beside their circuit graph."""
+        import html
+
+        from circuits.svg_figures import induction_graph
+
+        rows = "".join(f"<tr><td>{rank}</td><td>L{l}H{h}</td><td>{score:.4g}</td><td>L{sl}H{sh}</td>"
+                       f"<td>{self.ov_copying.scores[l, h]:+.3f}</td></tr>"
+                       for rank, (l, h, score) in enumerate(self.predicted_induction.top(k), 1) for sl, sh in [self.source_of(l, h)])
+        table = ("<table><thead><tr><th>rank</th><th>head</th><th>predicted induction</th><th>source head</th><th>OV copying</th>"
+                 f"</tr></thead><tbody>{rows}</tbody></table>")
+        graph = induction_graph(self.predicted_induction.scores, self.source_heads, min(k, self.predicted_induction.scores.size))
+        return (f"<div><p>Predicted induction heads (weights only, {html.escape(self.method)})</p>"
+                f'<div style="display:flex;gap:1em;align-items:flex-start">{table}{graph}</div></div>')
+
     def to_dict(self, model_name: str) -> dict:
         """A versioned, JSON-ready summary (the ``analyze --out`` file)."""
         return {

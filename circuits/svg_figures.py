@@ -277,3 +277,45 @@ def circuit_graph(sources: list[GraphNode], targets: list[GraphNode], edges: lis
               f'<circle cx="484" cy="{legend_y - 3}" r="5" fill="#bbb" stroke="#999" stroke-width="2"/>',
               _text(494, legend_y, "grey: not measured"), "</svg>"]
     return "".join(parts)
+
+
+def head_ranks(scores: np.ndarray) -> np.ndarray:
+    """int[L, N]: each head's rank (1 = highest) by ``scores`` [L, N]."""
+    order = np.argsort(-scores, axis=None, kind="stable")
+    ranks = np.empty(order.size, int)
+    ranks[order] = np.arange(1, order.size + 1)
+    return ranks.reshape(scores.shape)
+
+
+def induction_graph(predicted: np.ndarray, source_heads: np.ndarray, k: int, *, validation=None) -> str:
+    """The circuit graph of the ``k`` heads with the highest ``predicted`` [L, N] score, each with the source head
+    ``source_heads`` int[L, N, 2] that maximises it. ``validation`` (a report's
+    :class:`~circuits.report.experiment.Validation`, or None) adds each node's measured status."""
+    ranks = head_ranks(predicted)
+    targets = sorted((int(layer), int(head)) for layer, head in zip(*np.nonzero(ranks <= k)))
+    source_of = {t: (int(source_heads[t][0]), int(source_heads[t][1])) for t in targets}
+    with_source = [(t, source_of[t]) for t in targets if source_of[t][0] >= 0]
+    sources = sorted({source for _, source in with_source})
+    v = validation
+    target_nodes, source_nodes = [], []
+    for layer, head in targets:
+        source = source_of[(layer, head)]
+        title = (f"{head_label(layer, head)}: predicted induction {predicted[layer, head]:.4g} (rank {ranks[layer, head]}), "
+                 f"source {head_label(*source) if source[0] >= 0 else 'none'}")
+        confirmed = None
+        if v is not None:
+            confirmed = (layer, head) in v.confirmed
+            title += f"; measured prefix matching {v.prefix_matching[layer, head]:.3f} ({'confirmed' if confirmed else 'a miss'})"
+        target_nodes.append(GraphNode(layer, head, "target", title, confirmed))
+    for layer, head in sources:
+        fed = ", ".join(head_label(*t) for t, s in with_source if s == (layer, head))
+        title = f"{head_label(layer, head)}: predicted previous-token head of {fed}"
+        confirmed = None
+        if v is not None:
+            confirmed = bool(v.previous_token[layer, head] >= v.previous_token_threshold)
+            title += (f"; measured previous token {v.previous_token[layer, head]:.3f} ("
+                      + ("a previous-token head)" if confirmed else f"below {v.previous_token_threshold}: not a previous-token head)"))
+        source_nodes.append(GraphNode(layer, head, "source", title, confirmed))
+    edges = [(sources.index(source), targets.index(target), float(predicted[target]),
+              f"{head_label(*source)} -> {head_label(*target)}: strength {predicted[target]:.4g}") for target, source in with_source]
+    return circuit_graph(source_nodes, target_nodes, edges, title=f"the top {k} predicted induction heads and the source head of each")

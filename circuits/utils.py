@@ -17,17 +17,59 @@ from circuits.distributed import is_writer
 T = TypeVar("T")
 
 
-def progress(items: Iterable[T], description: str, *, total: int | None = None, enabled: bool = True) -> Iterator[T]:
-    """Iterate over ``items`` with a progress bar on stderr (none when ``enabled`` is False)."""
+_SHOWN: list = []
+"""The progress display on screen, if any: loops inside a step add their bars to it, beneath the step's."""
+
+
+def progress(items: Iterable[T], description: str, *, total: int | None = None, enabled: bool = True,
+             names: Callable[[T], str] | None = None) -> Iterator[T]:
+    """Iterate over ``items`` with a progress bar on stderr (none when ``enabled`` is False).
+
+    ``names``: each item's step name. The bar then reads ``description: <step>`` while that step runs and shows
+    no ETA of its own (steps differ in cost); a loop inside a step (a sweep, say) adds its own bar beneath it,
+    whose ETA comes from that loop alone, and removes it when done.
+    """
     if not enabled:
         yield from items
         return
     from rich.console import Console
-    from rich.progress import BarColumn, MofNCompleteColumn, Progress, TextColumn, TimeElapsedColumn, TimeRemainingColumn
+    from rich.progress import BarColumn, MofNCompleteColumn, Progress, TextColumn, TimeElapsedColumn
 
-    columns = (TextColumn("{task.description}"), BarColumn(), MofNCompleteColumn(), TimeElapsedColumn(), TextColumn("ETA"), TimeRemainingColumn())
-    with Progress(*columns, transient=False, console=Console(stderr=True)) as bar:
-        yield from bar.track(items, total=total, description=description)
+    items = list(items) if total is None else items
+    nested = bool(_SHOWN)
+    if not nested:
+        columns = (TextColumn("{task.description}"), BarColumn(), MofNCompleteColumn(), TimeElapsedColumn(), _StepETA())
+        _SHOWN.append(Progress(*columns, transient=False, console=Console(stderr=True)))
+        _SHOWN[0].start()
+    bar = _SHOWN[0]
+    task = bar.add_task(f"  {description}" if nested else description, total=total if total is not None else len(items),
+                        eta=names is None)
+    try:
+        for item in items:
+            if names is not None:
+                bar.update(task, description=f"{description}: {names(item)}")
+            yield item
+            bar.advance(task)
+        if names is not None:
+            bar.update(task, description=f"{description}: done")
+    finally:
+        if nested:
+            bar.remove_task(task)
+        else:
+            bar.stop()
+            _SHOWN.clear()
+
+
+def _StepETA():
+    """rich's remaining-time column, blank for a bar over named steps of unequal cost."""
+    from rich.progress import TimeRemainingColumn
+    from rich.text import Text
+
+    class StepETA(TimeRemainingColumn):
+        def render(self, task):
+            return Text("ETA ") + super().render(task) if task.fields.get("eta", True) else Text("")
+
+    return StepETA()
 
 
 @contextlib.contextmanager

@@ -101,6 +101,11 @@ class Transformer(nnx.Module):
     def description(self) -> str:
         return f"in-memory {self.config.architecture} model"
 
+    def __repr__(self) -> str:
+        c = self.config
+        return (f"Transformer({c.architecture}: {c.n_layers} layers x {c.n_heads} heads ({c.n_kv_heads} KV), d_model {c.d_model}, "
+                f"vocabulary {c.vocab_size}, {self.dtype})")
+
     def tensor(self, name: str, layer: int | None = None) -> jax.Array:
         """Canonical parameter ``name`` (of ``layer`` for per-layer ones), e.g. ``tensor("wq", 3)`` [M, K, G, D].
 

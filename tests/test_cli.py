@@ -41,7 +41,8 @@ def _run_cold(*args: str) -> tuple[subprocess.CompletedProcess, list[str]]:
     code = ("import sys, runpy; sys.argv = ['circuits', *sys.argv[1:]]\n"
             "try: runpy.run_module('circuits.cli', run_name='__main__')\n"
             "except SystemExit: pass\n"
-            "print('imported:', ' '.join(m for m in ('jax', 'flax', 'optax', 'orbax', 'matplotlib', 'scipy', 'ml_dtypes') if m in sys.modules), file=sys.stderr)")
+            "heavy = ('jax', 'flax', 'optax', 'orbax', 'matplotlib', 'scipy', 'ml_dtypes')\n"
+            "print('imported:', ' '.join(m for m in heavy if m in sys.modules), file=sys.stderr)")
     done = subprocess.run([sys.executable, "-c", code, *args], capture_output=True, text=True, timeout=120)
     return done, done.stderr.rsplit("imported:", 1)[1].split()
 

@@ -77,6 +77,15 @@ class FormationResult(ResultFiles):
         title = f"Induction-head formation: {self.settings.formation_task.name} task, {self.settings.n_layers}-layer model{seeds}"
         return training_curves(runs, PANELS, baseline=self.runs[0].context_baseline if self.runs else None, title=title)
 
+    def __repr__(self) -> str:
+        phases = "; ".join(f"{clamp}: phase change {phase}" for clamp, phase, *_ in self.summary_rows())
+        return f"FormationResult({self.settings.task} task, {self.settings.steps} steps, {len(self.runs)} runs; {phases})"
+
+    def _repr_html_(self) -> str:
+        """The training curves (the SVG figure)."""
+        svg = self.figures()["svg"].decode()
+        return svg[svg.index("<svg"):]
+
     def files(self) -> dict[str, str | bytes]:
         """formation.json, formation.png and formation.svg."""
         figures = self.figures()

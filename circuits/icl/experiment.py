@@ -79,6 +79,18 @@ class ICLResult(ResultFiles):
     def to_dict(self) -> dict:
         return {"schema_version": SCHEMA_VERSION, **dataclasses.asdict(self)}
 
+    def __repr__(self) -> str:
+        return f"ICLResult({self.model}: {len(self.accuracy)} tasks, conditions {', '.join(next(iter(self.accuracy.values()), {}))})"
+
+    def _repr_html_(self) -> str:
+        """The accuracy table and its grouped-bar figure."""
+        import base64
+
+        from markdown_it import MarkdownIt
+
+        figure = base64.b64encode(grouped_bars(self.accuracy, "accuracy")).decode()
+        return MarkdownIt("commonmark").enable("table").render(self.to_markdown()) + f'<img src="data:image/png;base64,{figure}"/>'
+
     def files(self) -> dict[str, str | bytes]:
         """icl.json, icl.md and icl.png (grouped bars: accuracy per task and condition, seeds' spread as error bars)."""
         return dict(zip(self.FILES, (json_text(self.to_dict()), self.to_markdown(), grouped_bars(self.accuracy, "accuracy"))))
@@ -99,7 +111,7 @@ def run_icl(model, tokenizer, name: str, settings: ICLSettings = ICLSettings(), 
         heads[f"{fraction:.0%}"] = top_heads(scores, heads_for_fraction(config.n_layers, config.n_heads, fraction))
     none = Interventions.none(config)
     results: dict[str, dict[str, list[float]]] = {}
-    for task in progress(list(TASKS.values()), "ICL tasks x conditions", enabled=show_progress):
+    for task in progress(list(TASKS.values()), "ICL tasks x conditions", enabled=show_progress, names=lambda task: task.name):
         prompts = few_shot_prompts(task, settings.prompts_per_task, settings.shots, seed=1)
         batch = encode_prompts(encode, prompts, task.labels, bos)
         zero_shot = encode_prompts(encode, few_shot_prompts(task, settings.prompts_per_task, 0, seed=1), task.labels, bos)

@@ -118,6 +118,18 @@ class CircuitReport(ResultFiles):
         """JSON-ready dict (arrays as nested lists)."""
         return _to_json_ready(dataclasses.asdict(self))
 
+    def __repr__(self) -> str:
+        top = ", ".join(f"L{layer}H{head}" for layer, head, _ in self.top_predicted())
+        checked = (f"; {len(self.validation.confirmed)} of {self.k} confirmed by forward passes" if self.validation is not None
+                   else "; weights only")
+        return f"CircuitReport({self.model}: top {self.k} predicted {top}{checked})"
+
+    def _repr_html_(self) -> str:
+        """The report page itself, in a frame (its styles stay inside it)."""
+        import html
+
+        return f'<iframe srcdoc="{html.escape(self.to_html())}" style="width:100%;height:900px;border:1px solid #ddd"></iframe>'
+
     def to_json(self) -> str:
         return json_text(self.to_dict())
 
@@ -184,17 +196,20 @@ def validate_prediction(model, predicted: np.ndarray, k: int, *, source_heads: n
     top_mask = heads_mask(config, top_heads(predicted, k))
     results: dict = {}
     steps = {
-        "attention": lambda: attention_scores(model, seeds=tuple(seeds)),
-        "copying": lambda: copying_scores(model, data),
-        "ablation": lambda: ablation_effect(model, data, predicted, k, seeds=tuple(seeds)),
-        "knockout": lambda: float(sweep_losses(model, data.tokens, data.later_repeats, knock_out=top_mask[None],
-                                               edges=induction_targets(data.tokens))[0]),
-        "measured top": lambda: float(sweep_losses(model, data.tokens, data.later_repeats, ablate=heads_mask(
-            config, top_heads(results["attention"]["prefix_matching"].scores, k))[None])[0]),
-        "single heads": lambda: single_head_effects(model, data, 2 * k),
+        "attention": ("attention scores", lambda: attention_scores(model, seeds=tuple(seeds))),
+        "copying": ("copying scores", lambda: copying_scores(model, data)),
+        "ablation": (f"top {k} predicted vs random heads ablated",
+                     lambda: ablation_effect(model, data, predicted, k, seeds=tuple(seeds), show_progress=show_progress)),
+        "knockout": ("induction edges knocked out", lambda: float(sweep_losses(
+            model, data.tokens, data.later_repeats, knock_out=top_mask[None], edges=induction_targets(data.tokens),
+            show_progress=show_progress)[0])),
+        "measured top": (f"measured top {k} ablated", lambda: float(sweep_losses(model, data.tokens, data.later_repeats, ablate=heads_mask(
+            config, top_heads(results["attention"]["prefix_matching"].scores, k))[None], show_progress=show_progress)[0])),
+        "single heads": (f"single heads: all estimated, {2 * k} exact",
+                         lambda: single_head_effects(model, data, 2 * k, show_progress=show_progress)),
     }
-    for name, run in progress(list(steps.items()), "validating with forward passes", enabled=show_progress):
-        results[name] = run()
+    for key, (_, run) in progress(list(steps.items()), "validating", enabled=show_progress, names=lambda step: step[1][0]):
+        results[key] = run()
         release_freed_memory()
     scores = {name: s.scores for name, s in results["attention"].items()}
     prefix = scores["prefix_matching"]

@@ -12,7 +12,7 @@ from markdown_it import MarkdownIt
 from markupsafe import Markup
 
 from circuits.analysis.methods import SCORE_UNITS
-from circuits.svg_figures import ColourScale, GraphNode, ScatterPoint, circuit_graph, head_heatmap, prediction_scatter
+from circuits.svg_figures import ColourScale, ScatterPoint, head_heatmap, head_ranks, induction_graph, prediction_scatter
 from circuits.utils import head_label
 
 READING_GUIDE = """\
@@ -218,18 +218,10 @@ earlier head its score comes from; line width follows the score. Hover a node or
 """)
 
 
-def _ranks(scores: np.ndarray) -> np.ndarray:
-    """int[L, N]: each head's rank (1 = highest) by ``scores``."""
-    order = np.argsort(-scores, axis=None, kind="stable")
-    ranks = np.empty(order.size, int)
-    ranks[order] = np.arange(1, order.size + 1)
-    return ranks.reshape(scores.shape)
-
-
 def _scatter(report) -> str:
     """Every head, predicted against measured; the top-k of each ranking highlighted and labelled."""
     v, predicted = report.validation, report.predicted_induction
-    predicted_rank, measured_rank = _ranks(predicted), _ranks(v.prefix_matching)
+    predicted_rank, measured_rank = head_ranks(predicted), head_ranks(v.prefix_matching)
     highlighted = {(l, h) for l, h, _ in report.top_predicted()} | {(l, h) for l, h, _ in v.measured_top(report.k)}
     points = []
     for layer in range(predicted.shape[0]):
@@ -246,39 +238,6 @@ def _scatter(report) -> str:
     return prediction_scatter(points, title="predicted induction vs measured prefix matching, every head",
                               x_label="predicted induction (weights only, relative score)", y_label="prefix matching (measured)",
                               log_x=log_x)
-
-
-def _graph(report) -> str:
-    """The top-k predicted heads, each with the source head that maximises its score."""
-    v = report.validation
-    targets = sorted((layer, head) for layer, head, _ in report.top_predicted())
-    with_source = [(t, report.source_of(*t)) for t in targets if report.source_of(*t)[0] >= 0]
-    sources = sorted({source for _, source in with_source})
-    feeds = {source: [head_label(*t) for t, s in with_source if s == source] for source in sources}
-    rank = _ranks(report.predicted_induction)
-    target_nodes, source_nodes = [], []
-    for layer, head in targets:
-        source = report.source_of(layer, head)
-        title = (f"{head_label(layer, head)}: predicted induction {report.predicted_induction[layer, head]:.4g} (rank "
-                 f"{rank[layer, head]}), source {head_label(*source) if source[0] >= 0 else 'none'}")
-        confirmed = None
-        if v is not None:
-            confirmed = (layer, head) in v.confirmed
-            title += f"; measured prefix matching {v.prefix_matching[layer, head]:.3f} ({'confirmed' if confirmed else 'a miss'})"
-        target_nodes.append(GraphNode(layer, head, "target", title, confirmed))
-    for layer, head in sources:
-        title = f"{head_label(layer, head)}: predicted previous-token head of {', '.join(feeds[(layer, head)])}"
-        confirmed = None
-        if v is not None:
-            confirmed = bool(v.previous_token[layer, head] >= v.previous_token_threshold)
-            title += (f"; measured previous token {v.previous_token[layer, head]:.3f} ("
-                      + ("a previous-token head)" if confirmed else f"below {v.previous_token_threshold}: not a previous-token head)"))
-        source_nodes.append(GraphNode(layer, head, "source", title, confirmed))
-    edges = [(sources.index(source), targets.index(target), float(report.predicted_induction[target]),
-              f"{head_label(*source)} -> {head_label(*target)}: strength {report.predicted_induction[target]:.4g}")
-             for target, source in with_source]
-    return circuit_graph(source_nodes, target_nodes, edges,
-                         title=f"the top {report.k} predicted induction heads and the source head of each")
 
 
 def report_html(report) -> str:
@@ -306,6 +265,6 @@ def report_html(report) -> str:
         summary=Markup(markdown.render(summary)),
         scatter=scatter,
         heatmaps=[(key, Markup(svg)) for key, svg in maps],
-        graph=Markup(_graph(report)),
+        graph=Markup(induction_graph(report.predicted_induction, report.source_heads, report.k, validation=v)),
         sections=[(title, Markup(markdown.render(body))) for title, body in markdown_sections(report)],
     )

@@ -210,6 +210,7 @@ def test_short_run_forms_an_induction_head_found_by_weights_and_by_prefix_matchi
     untrained = prefix_matching_scores(trainer.model, data).scores
     history = trainer.train().history
     model = trainer.model
+    assert "\n" not in repr(trainer.models()) and repr(trainer.models()).startswith("[Transformer(")  # short in a notebook
     measured = prefix_matching_scores(model, data).scores
     previous = previous_token_scores(model, data).scores
     prediction = predict_induction(model)
@@ -254,6 +255,8 @@ def test_train_cli_writes_curves_json_and_checkpoints(tmp_path, capsys):
     assert "Induction-head formation (fewshot task, 200 steps)" in capsys.readouterr().out
     data = json.loads((out / "formation.json").read_text())
     assert data["settings"]["steps"] == 200 and data["model_config"]["d_mlp"] == 0
+    assert "\n" not in repr(result) and repr(result).startswith("FormationResult(fewshot task, 200 steps, 2 runs; none: phase change")
+    assert result._repr_html_().startswith("<svg")  # the curves, in a notebook
 
 
 @pytest.mark.parametrize(

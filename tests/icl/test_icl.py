@@ -123,6 +123,7 @@ def test_run_icl_wires_every_condition(model, tmp_path):
     assert len(result.pattern_matching_heads) == 5
     result.write(tmp_path)
     assert (tmp_path / "icl.png").stat().st_size > 1000
+    assert "\n" not in repr(result) and "<table>" in result._repr_html_() and "data:image/png;base64," in result._repr_html_()
     assert "| repetition ABAB | no ablation |" in result.to_markdown()
 
 
