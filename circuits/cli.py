@@ -352,15 +352,15 @@ def _check_out_parent(args: argparse.Namespace) -> None:
 
 
 def use_compilation_cache() -> Path:
-    """Keep XLA's compiled programs in ``<cache directory>/xla`` between runs (JAX's persistent
-    compilation cache), so a second cold start of a command skips most compilation."""
+    """Keep XLA's compiled programs in ``$CIRCUITS_XLA_CACHE`` or ``<cache directory>/xla`` between runs (JAX's
+    persistent compilation cache), so a second cold start of a command skips most compilation."""
     import resource
 
     import jax
 
     from circuits.convert.named_models import cache_directory
 
-    directory = cache_directory() / "xla"
+    directory = Path(os.environ.get("CIRCUITS_XLA_CACHE") or cache_directory() / "xla")
     if resource.getrlimit(resource.RLIMIT_FSIZE)[0] != resource.RLIM_INFINITY:
         return directory  # under a file-size limit entries could be cut short: compile without the cache
     jax.config.update("jax_compilation_cache_dir", str(directory))

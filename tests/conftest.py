@@ -7,6 +7,8 @@ Tests that need the real SmolLM2-135M (a 93 MB download on first use) are marked
 import os
 
 os.environ["XLA_FLAGS"] = (os.environ.get("XLA_FLAGS", "") + " --xla_force_host_platform_device_count=8").strip()
+# The suite keeps its compiled programs apart from the user's (~/.cache/circuits/xla); model downloads stay shared.
+os.environ.setdefault("CIRCUITS_XLA_CACHE", __import__("tempfile").mkdtemp(prefix="circuits-test-xla-"))
 
 import pytest  # noqa: E402
 from helpers import randomize_torch_model, tiny_gemma3_config, tiny_llama_config, tiny_qwen2_config  # noqa: E402
