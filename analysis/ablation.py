@@ -74,6 +74,11 @@ class SweepData:
     targets: jax.Array
     weights: jax.Array
 
+    @property
+    def total_weight(self) -> float:
+        """What the summed losses are divided by: the number of loss positions over all sequences (at least 1)."""
+        return max(float(self.weights.sum()), 1.0)
+
     def rows(self, start, size: int) -> "SweepData":
         """The same loss positions, for sequences ``start`` .. ``start + size`` only (``start`` may be traced)."""
         cut = functools.partial(jax.lax.dynamic_slice_in_dim, start_index=start, slice_size=size, axis=0)
@@ -215,7 +220,7 @@ def sweep_losses(
         result = _sweep_chunk(graphdef, state, residuals[start], jnp.int32(start), data, base, place(ablate[padded]), knock,
                               jnp.int32(row_start), n_rows)
         loss_sums[members] += host_array(result)[: len(members)]
-    return (loss_sums / max(float(data.weights.sum()), 1.0)).astype(np.float32)
+    return (loss_sums / data.total_weight).astype(np.float32)
 
 
 def estimate_sweep_losses(
@@ -244,8 +249,7 @@ def estimate_sweep_losses(
         clean += float(loss_sum)
         scale_grad = scale_grad + host_array(scale_sum).astype(np.float64)
         gate_grad = gate_grad + (host_array(gate_sum).astype(np.float64) if gate_sum is not None else 0.0)
-    total_weight = max(float(data.weights.sum()), 1.0)
-    clean, scale_grad, gate_grad = clean / total_weight, scale_grad / total_weight, gate_grad / total_weight
+    clean, scale_grad, gate_grad = clean / data.total_weight, scale_grad / data.total_weight, gate_grad / data.total_weight
     change = np.zeros(sets.shape[0], np.float64)
     if ablate is not None:  # scale 1 -> 0: change = -dL/ds
         change -= np.einsum("nlkg,lkg->n", np.asarray(ablate, np.float64), scale_grad)

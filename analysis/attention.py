@@ -72,14 +72,14 @@ def attention_scores(model: Transformer, tokens=None, *, seeds: tuple[int, ...] 
     data = _as_data(model, tokens, seeds)
     shares: dict[str, np.ndarray] = {}
     for batch, _, _ in data:
-        sums: dict[str, list] = {}
+        totals: dict[str, np.ndarray] = {}
+        counts: dict[str, float] = {}
         for rows in row_chunks(batch.shape[0], _pattern_bytes_per_row(model, batch.shape[1])):
             for name, (total, count) in _attention_share_sums(model, jnp.asarray(batch[rows])).items():
-                previous = sums.setdefault(name, [0.0, 0.0])
-                previous[0] = previous[0] + host_array(total).astype(np.float64)
-                previous[1] += float(count)
-        for name, (total, count) in sums.items():
-            shares[name] = shares.get(name, 0.0) + total / max(count, 1.0)
+                totals[name] = totals.get(name, 0.0) + host_array(total).astype(np.float64)
+                counts[name] = counts.get(name, 0.0) + float(count)
+        for name, total in totals.items():
+            shares[name] = shares.get(name, 0.0) + total / max(counts[name], 1.0)
     source = data[0][1]
     n_heads = model.config.n_heads
     return {

@@ -62,7 +62,7 @@ from circuits.analysis.standins import DEFAULT_BLOWUP, DEFAULT_TOKENS, TokenStan
 from circuits.analysis.weights import AttentionWeights, Preprocessing, WeightReader, fold_qk_norm, gram_factor
 from circuits.models.layers import einsum
 from circuits.models.layout import TensorSource
-from circuits.utils import progress, rounded_list
+from circuits.utils import head_label, progress, rounded_list
 
 SCHEMA_VERSION = 3  # of InductionPrediction.to_dict
 
@@ -333,7 +333,7 @@ class InductionPrediction:
         return int(prev_layer), int(prev_head)
 
     def __repr__(self) -> str:
-        top = ", ".join(f"L{l}H{h} <- L{sl}H{sh}" for l, h, _ in self.predicted_induction.top(3) for sl, sh in [self.source_of(l, h)])
+        top = ", ".join(f"{head_label(l, h)} <- {head_label(*self.source_of(l, h))}" for l, h, _ in self.predicted_induction.top(3))
         layers, heads = self.predicted_induction.scores.shape
         return f"InductionPrediction({self.method}, {layers} layers x {heads} heads, top {top})"
 
@@ -343,9 +343,8 @@ class InductionPrediction:
 
         from circuits.svg_figures import induction_graph
 
-        rows = "".join(f"<tr><td>{rank}</td><td>L{l}H{h}</td><td>{score:.4g}</td><td>L{sl}H{sh}</td>"
-                       f"<td>{self.ov_copying.scores[l, h]:+.3f}</td></tr>"
-                       for rank, (l, h, score) in enumerate(self.predicted_induction.top(k), 1) for sl, sh in [self.source_of(l, h)])
+        rows = "".join(f"<tr><td>{rank}</td><td>{head_label(l, h)}</td><td>{score:.4g}</td><td>{head_label(*self.source_of(l, h))}</td>"
+                       f"<td>{self.ov_copying.scores[l, h]:+.3f}</td></tr>" for rank, (l, h, score) in enumerate(self.predicted_induction.top(k), 1))
         table = ("<table><thead><tr><th>rank</th><th>head</th><th>predicted induction</th><th>source head</th><th>OV copying</th>"
                  f"</tr></thead><tbody>{rows}</tbody></table>")
         graph = induction_graph(self.predicted_induction.scores, self.source_heads, min(k, self.predicted_induction.scores.size))

@@ -7,6 +7,7 @@ import dataclasses
 import numpy as np
 
 from circuits.analysis.weights import Preprocessing
+from circuits.utils import head_label
 
 
 @dataclasses.dataclass(frozen=True)
@@ -28,16 +29,15 @@ class HeadScores:
 
     def __repr__(self) -> str:
         layers, heads = self.scores.shape
-        top = ", ".join(f"L{l}H{h} {score:.3g}" for l, h, score in self.top(3))
+        top = ", ".join(f"{head_label(l, h)} {score:.3g}" for l, h, score in self.top(3))
         return f"HeadScores({self.name!r}, {layers} layers x {heads} heads, top {top}; from {self.source})"
 
     def _repr_html_(self) -> str:
         """The scores as a layer x head heatmap (log colour scale where they span orders of magnitude)."""
         from circuits.svg_figures import ColourScale, head_heatmap
 
-        positive = self.scores[self.scores > 0]
-        spans = positive.size > 1 and positive.max() / positive.min() > 100 and (self.scores >= 0).all()
-        return head_heatmap(self.scores, f"{self.name} ({self.source})", scale=ColourScale.fit(self.scores, kind="log" if spans else "linear"))
+        scale = ColourScale.fit(self.scores, kind=ColourScale.suited(self.scores))
+        return head_heatmap(self.scores, f"{self.name} ({self.source})", scale=scale)
 
     def top(self, k: int) -> list[tuple[int, int, float]]:
         """The k highest-scoring heads as (layer, head, score)."""

@@ -16,41 +16,32 @@ The public face, imported lazily so that ``import circuits.models`` stays light:
 
 from __future__ import annotations
 
-import importlib
+from circuits.lazy import lazy_face
 
 __version__ = "0.1.0"
 
 _PUBLIC = {
-    "load": "circuits.convert.loading",
-    "open_weights": "circuits.convert.loading",
-    "open_checkpoint": "circuits.convert.checkpoint",
-    "provenance": "circuits.convert.loading",
-    "load_tokenizer": "circuits.convert.tokenizer",
+    "load": "convert.loading",
+    "open_weights": "convert.loading",
+    "open_checkpoint": "convert.checkpoint",
+    "provenance": "convert.loading",
+    "load_tokenizer": "convert.tokenizer",
 }
 _PUBLIC.update({
-    "CheckpointError": "circuits.convert.errors",
-    "TokenizerError": "circuits.convert.tokenizer",
-    "ModelDownloadError": "circuits.convert.named_models",
-    "ConfigError": "circuits.models.config",
-    "MeshError": "circuits.models.sharding",
-    "NotEnoughMemoryError": "circuits.world_errors",
-    "WriteError": "circuits.world_errors",
-    "OutputError": "circuits.utils",
-    "DistributedError": "circuits.distributed",
+    "CheckpointError": "convert.errors",
+    "TokenizerError": "convert.tokenizer",
+    "ModelDownloadError": "convert.named_models",
+    "ConfigError": "models.config",
+    "MeshError": "models.sharding",
+    "NotEnoughMemoryError": "world_errors",
+    "WriteError": "world_errors",
+    "OutputError": "utils",
+    "DistributedError": "distributed",
 })
 """The error types, so research code can catch them: ``except circuits.CheckpointError``."""
-_SUBPACKAGES = {"models", "convert", "analysis", "report", "icl", "formation", "distributed"}
+_SUBPACKAGES = frozenset({"models", "convert", "analysis", "report", "icl", "formation", "distributed"})
 
 __all__ = sorted(_PUBLIC) + ["report", "__version__"]
 
 
-def __getattr__(name: str):
-    if name in _PUBLIC:
-        return getattr(importlib.import_module(_PUBLIC[name]), name)
-    if name in _SUBPACKAGES:
-        return importlib.import_module(f"circuits.{name}")
-    raise AttributeError(f"module 'circuits' has no attribute {name!r}")
-
-
-def __dir__() -> list[str]:
-    return sorted(set(globals()) | set(_PUBLIC) | _SUBPACKAGES)
+__getattr__, __dir__ = lazy_face(__name__, _PUBLIC, _SUBPACKAGES)

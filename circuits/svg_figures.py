@@ -48,6 +48,14 @@ class ColourScale:
         return cls(float(low if low is not None else (finite.min() if finite.size else 0.0)),
                    float(high if high is not None else (finite.max() if finite.size else 1.0)))
 
+    @staticmethod
+    def suited(values: np.ndarray, ratio: float = 100.0) -> str:
+        """``"log"`` for non-negative values whose positive ones span more than ``ratio``, else ``"linear"``."""
+        values = np.asarray(values, np.float64)
+        positive = values[values > 0]
+        spans = positive.size > 1 and positive.max() / positive.min() > ratio and bool((values[np.isfinite(values)] >= 0).all())
+        return "log" if spans else "linear"
+
     def share(self, value: float) -> float:
         if not np.isfinite(value) or self.high == self.low:
             return 0.0

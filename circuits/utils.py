@@ -38,7 +38,7 @@ def progress(items: Iterable[T], description: str, *, total: int | None = None, 
     items = list(items) if total is None else items
     nested = bool(_SHOWN)
     if not nested:
-        columns = (TextColumn("{task.description}"), BarColumn(), MofNCompleteColumn(), TimeElapsedColumn(), _StepETA())
+        columns = (TextColumn("{task.description}"), BarColumn(), MofNCompleteColumn(), TimeElapsedColumn(), _step_eta_column())
         _SHOWN.append(Progress(*columns, transient=False, console=Console(stderr=True)))
         _SHOWN[0].start()
     bar = _SHOWN[0]
@@ -60,7 +60,7 @@ def progress(items: Iterable[T], description: str, *, total: int | None = None, 
             _SHOWN.clear()
 
 
-def _StepETA():
+def _step_eta_column():
     """rich's remaining-time column, blank for a bar over named steps of unequal cost."""
     from rich.progress import TimeRemainingColumn
     from rich.text import Text

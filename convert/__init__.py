@@ -6,7 +6,7 @@ from circuits.lazy import lazy_face
 
 _PUBLIC = {
     "build_transformer": "build",
-    "resolve_dtype": "checkpoint",
+    "resolve_dtype": "dtypes",
     "CheckpointError": "errors",
     "GGUFCheckpoint": "gguf_checkpoint",
     "ARCHITECTURES": "hf_checkpoint",

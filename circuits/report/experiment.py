@@ -28,7 +28,7 @@ from circuits.analysis.attention import attention_scores, copying_scores
 from circuits.analysis.induction import InductionEdge, predict_induction
 from circuits.analysis.repeated_tokens import repeated_random_tokens
 from circuits.analysis.targets import induction_targets
-from circuits.utils import ResultFiles, json_text, progress, rounded_list
+from circuits.utils import ResultFiles, head_label, json_text, progress, rounded_list
 from circuits.world_errors import release_freed_memory
 
 SCHEMA_VERSION = 3
@@ -119,7 +119,7 @@ class CircuitReport(ResultFiles):
         return _to_json_ready(dataclasses.asdict(self))
 
     def __repr__(self) -> str:
-        top = ", ".join(f"L{layer}H{head}" for layer, head, _ in self.top_predicted())
+        top = ", ".join(head_label(layer, head) for layer, head, _ in self.top_predicted())
         checked = (f"; {len(self.validation.confirmed)} of {self.k} confirmed by forward passes" if self.validation is not None
                    else "; weights only")
         return f"CircuitReport({self.model}: top {self.k} predicted {top}{checked})"

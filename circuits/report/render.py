@@ -114,11 +114,11 @@ def measured_rows(report) -> tuple[list[str], list[list[str]]]:
 def _largest_exact_ablations(report, shown: int = 3) -> str:
     """The heads whose exact single-head ablation costs the most, named whether or not they were predicted."""
     v = report.validation
-    ranks = {(layer, head): rank for rank, (layer, head, _) in enumerate(report.all_predicted(), 1)}
+    ranks = head_ranks(report.predicted_induction)
     largest = sorted(v.head_effects.exact, key=lambda effect: -effect[2])[:shown]
-    named = [f"{head_label(layer, head)} {increase:+.2f} nats (predicted rank {ranks[(layer, head)]}, prefix matching "
+    named = [f"{head_label(layer, head)} {increase:+.2f} nats (predicted rank {ranks[layer, head]}, prefix matching "
              f"{v.prefix_matching[layer, head]:.2f})" for layer, head, increase in largest]
-    unpredicted = [head_label(layer, head) for layer, head, _ in largest if ranks[(layer, head)] > report.k]
+    unpredicted = [head_label(layer, head) for layer, head, _ in largest if ranks[layer, head] > report.k]
     return (f"Largest exact single-head ablation effects (of the {len(v.head_effects.exact)} heads the gradient estimate ranks "
             f"highest): {'; '.join(named)}" + (f"; not among the top {report.k} predicted: {', '.join(unpredicted)}." if unpredicted else "."))
 
@@ -233,11 +233,9 @@ def _scatter(report) -> str:
                      + (f"; {status}" if status else ""))
             points.append(ScatterPoint(layer, head, float(predicted[layer, head]), float(v.prefix_matching[layer, head]), title,
                                        (layer, head) in highlighted))
-    positive = predicted[predicted > 0]
-    log_x = positive.size > 1 and positive.max() / positive.min() > 100
     return prediction_scatter(points, title="predicted induction vs measured prefix matching, every head",
                               x_label="predicted induction (weights only, relative score)", y_label="prefix matching (measured)",
-                              log_x=log_x)
+                              log_x=ColourScale.suited(predicted) == "log")
 
 
 def report_html(report) -> str:
