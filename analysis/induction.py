@@ -54,11 +54,12 @@ from circuits.analysis.composition import (
     later_norms,
     rotate_keys,
 )
-from circuits.analysis.methods import METHODS
+from circuits.analysis.context import ContextProtocol, HeadContext, context_shares, layer_context, layer_window
+from circuits.analysis.methods import MEAN_FIELD_METHODS, METHODS
 from circuits.analysis.ov import copying_score, ov_copying_scores, ov_eigenvalues
 from circuits.analysis.results import CompositionScores, HeadScores
 from circuits.analysis.rope import DEFAULT_OFFSETS, layer_rope_averages, rope_average
-from circuits.analysis.standins import DEFAULT_BLOWUP, DEFAULT_TOKENS, TokenStandins, sample_token_ids
+from circuits.analysis.standins import DEFAULT_BLOWUP, DEFAULT_TOKENS, TokenStandins, mean_field_attention, sample_token_ids
 from circuits.analysis.weights import AttentionWeights, Preprocessing, WeightReader, fold_qk_norm, gram_factor
 from circuits.models.layers import einsum
 from circuits.models.layout import TensorSource
@@ -288,6 +289,12 @@ class PredictorSettings:
     token_seed: int = 0
     standins: str = "embeddings through the MLP blocks alone, RMS-normalised"
     blowup: float = DEFAULT_BLOWUP
+    context: ContextProtocol = ContextProtocol()
+
+    @property
+    def mean_field(self) -> bool:
+        """Whether the stand-ins receive each layer's mean-field attention output (:mod:`~circuits.analysis.standins`)."""
+        return self.method in MEAN_FIELD_METHODS
 
     def __post_init__(self):
         if self.method not in METHODS:
@@ -367,14 +374,16 @@ class InductionPrediction:
         }
 
 
-def _assemble(settings, ov, k_composition, terms, edge_strength, preprocessing, n_edges, previous_token=None, gain=None) -> InductionPrediction:
-    """Predicted scores, source heads and the top edges from edge strengths f32[L, N, L, N]."""
+def _assemble(settings, ov, k_composition, terms, edge_strength, preprocessing, n_edges, previous_token=None, gain=None,
+              predicted=None) -> InductionPrediction:
+    """Predicted scores (given, or the max of the edge strengths), source heads and the top edges from edge strengths
+    f32[L, N, L, N]."""
     n_layers, n_heads = edge_strength.shape[:2]
     flat = edge_strength.reshape(n_layers * n_heads, n_layers, n_heads)
     best = flat.argmax(axis=0)
     source_heads = np.stack(np.unravel_index(best, (n_layers, n_heads)), axis=-1).astype(np.int32)
     source_heads[0] = -1
-    predicted = flat.max(axis=0).astype(np.float32)
+    predicted = (flat.max(axis=0) if predicted is None else predicted).astype(np.float32)
     ratio = k_composition.ratio()
     edges = []
     for index in np.argsort(-edge_strength, axis=None, kind="stable")[:n_edges]:
@@ -419,8 +428,13 @@ def _predict_token_level(
     token_gain = np.zeros_like(k_composition)
     previous_token = np.zeros((n_layers, n_heads), np.float32)
     output_rms = np.ones((n_layers, n_heads), np.float32)
+    layer_output_rms = np.ones(n_layers, np.float32)
     residual_rms = np.ones(n_layers, np.float32)
     offset_tables = {kind: offset_rotations(config, kind) for kind in set(config.layer_kinds)}
+    protocol = settings.context
+    context_tables = {kind: offset_rotations(config, kind, protocol.tokens) for kind in set(config.layer_kinds)}
+    contexts: list[HeadContext] = []
+    previous_share = np.zeros((n_layers, n_heads), np.float32)
     scale = config.attention_scale
     per_layer_bytes = n_heads * d * n_heads * d * 4
     block = max(1, min(CHUNK_BYTES // per_layer_bytes, n_layers - 1))
@@ -429,7 +443,12 @@ def _predict_token_level(
     for layer in progress(range(n_layers), "induction circuits (weights)", enabled=show_progress):
         x, keep = standins.current()
         keep = jnp.asarray(keep)
-        w = fold_qk_norm(reader.attention(layer), x)
+        raw = reader.attention(layer)
+        context = layer_context(raw, x, keep, standins.first(), context_tables[config.layer_kinds[layer]], scale, config.rms_norm_eps)
+        shares = context_shares(context, jnp.zeros(context.itself.shape), protocol, layer_window(config, layer))
+        contexts.append(context)
+        previous_share[layer] = np.asarray(shares["previous"]).reshape(-1)
+        w = fold_qk_norm(raw, x)
         eigenvalues[layer] = ov_eigenvalues(unembed_embed, w.wv, w.wo)
         unrotated_keys, key_bias = w.wk, w.bk
         w = rotate_keys(w, layer_rotations[layer])
@@ -451,13 +470,28 @@ def _predict_token_level(
         output_rms[layer] = np.asarray(_output_rms(heads, keep)).reshape(-1)
         residual_rms[layer] = standins.residual_rms
         earlier.append(dataclasses.replace(heads, wo=heads.wo.astype(product_dtype)))
+        if settings.mean_field:
+            first_value = _einsum("m,mkd->kd", standins.first(), w.wv) + (0.0 if w.bv is None else w.bv)
+            post_gain, wo = ((reader.gain("post_attn_norm", layer), reader.raw_output_weights(layer)) if config.block.post_norms
+                             else (None, w.wo))
+            outputs, first_output, layer_output_rms[layer] = mean_field_attention(heads.values, keep, first_value, wo, shares, post_gain,
+                                                                                   config.rms_norm_eps)
+            standins.attend(outputs, first_output)
         standins.advance()
     k_composition, token_z, token_gain = (distributed.sum_over_processes(terms) for terms in (k_composition, token_z, token_gain))
     rotation = None if settings.rope_offsets is None else jnp.asarray(rope_average(config, settings.rope_offsets))
     baseline = composition_baseline(config, "k", rotation=rotation)  # full-attention layers' RoPE
     k_scores = CompositionScores("k", k_composition, *baseline, preprocessing)
     ov = HeadScores("ov_copying", copying_score(eigenvalues).astype(np.float32), preprocessing)
-    if settings.method == "token-zgain-rms":
+    predicted = None
+    if settings.method == "prefix-share":
+        token_gain = token_gain * _gain_scale(config, np.repeat(layer_output_rms[:, None], n_heads, axis=1), residual_rms)
+        edge_strength = previous_share[:, :, None, None] * token_gain  # nats each source adds to the matching key's logit
+        total_gain = edge_strength.sum(axis=(0, 1))
+        predicted = np.stack([np.asarray(context_shares(contexts[layer], jnp.asarray(total_gain[layer].reshape(n_kv, -1)), protocol,
+                                                        layer_window(config, layer))["prefix"]).reshape(-1) for layer in range(n_layers)])
+        previous_token = previous_share
+    elif settings.method == "token-zgain-rms":
         token_gain = token_gain * _gain_scale(config, output_rms, residual_rms)
         edge_strength = np.clip(token_z, 0.0, None) * np.clip(token_gain, 0.0, None)
     else:
@@ -465,7 +499,8 @@ def _predict_token_level(
     if settings.method == "kcomp-token-zgain":
         edge_strength = edge_strength * np.clip(token_gain, 0.0, None)
     previous = HeadScores("previous_token_preference", previous_token, preprocessing)
-    return _assemble(settings, ov, k_scores, token_z, edge_strength.astype(np.float32), preprocessing, n_edges, previous, token_gain)
+    return _assemble(settings, ov, k_scores, token_z, edge_strength.astype(np.float32), preprocessing, n_edges, previous, token_gain,
+                     predicted)
 
 
 def _gain_scale(config, output_rms: np.ndarray, residual_rms: np.ndarray) -> np.ndarray:
@@ -505,6 +540,7 @@ def predict_induction(
     product_dtype: str | None = None,
     max_pairs: int = 4096,
     n_edges: int = 20,
+    context: ContextProtocol = ContextProtocol(),
     show_progress: bool = False,
 ) -> InductionPrediction:
     """Predict induction heads and their previous-token heads from the weights alone.
@@ -519,5 +555,8 @@ def predict_induction(
     """
     if method == "ov-kcomp-eigen":
         return _predict_ov_kcomp_eigen(source, PredictorSettings.legacy(), fold_norms, max_pairs, n_edges, show_progress)
-    settings = PredictorSettings(method, None if rope_offsets is None else tuple(rope_offsets), n_tokens, token_seed)
+    standins = ("embeddings through the MLP blocks and mean-field attention, RMS-normalised" if method in MEAN_FIELD_METHODS
+                else PredictorSettings.standins)
+    settings = PredictorSettings(method, None if rope_offsets is None else tuple(rope_offsets), n_tokens, token_seed, standins,
+                                 context=context)
     return _predict_token_level(source, settings, fold_norms, product_dtype, n_edges, show_progress)

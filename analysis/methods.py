@@ -3,6 +3,9 @@
 
 METHOD_HELP = {
     "kcomp-token-zgain": "RoPE-averaged K-composition x token-level prefix-matching z-score x its logit gain, on MLP stand-ins",
+    "prefix-share": "the prefix-matching attention share itself, predicted on the measurement's own context (BOS + 50 random "
+                    "tokens x 2) from stand-ins with mean-field attention; its sources add their gains weighted by their "
+                    "predicted previous-token shares",
     "kcomp-token-z": "the same without the gain",
     "token-zgain-rms": "z-score x logit gain in nats at the reading head's real input, without K-composition",
     "ov-kcomp-eigen": "the earlier OV-copying-weighted score, for comparison",
@@ -10,10 +13,17 @@ METHOD_HELP = {
 METHODS = tuple(METHOD_HELP)
 """Every method's name; the first is the default."""
 
+MEAN_FIELD_METHODS = ("prefix-share",)
+"""Methods whose stand-ins receive each layer's mean-field attention output."""
+
 SCORE_UNITS = {
+    "prefix-share": "a predicted attention share (0 to 1), on the same scale as the measured prefix-matching score",
     "kcomp-token-zgain": "a relative score (K-composition in multiples of its random baseline x z-score x logit gain in nats)",
     "kcomp-token-z": "a relative score (K-composition in multiples of its random baseline x z-score)",
     "token-zgain-rms": "z-score x logit gain in nats at the reading head's input",
     "ov-kcomp-eigen": "a relative score (OV copying x K-composition in multiples of its random baseline)",
 }
 """What each method's predicted-induction number is, for every table and figure that shows one."""
+
+SCORE_AXES = {method: "relative score" for method in METHODS} | {"prefix-share": "predicted attention share"}
+"""A short name for each method's scale, for axis labels; a share lives on the measured scale (0 to 1)."""

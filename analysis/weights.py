@@ -102,6 +102,12 @@ class WeightReader:
         self._release_pages()
         return AttentionWeights(wq, wk, wv, wo, **biases, **gains)
 
+    def raw_output_weights(self, layer: int) -> jax.Array:
+        """Layer ``layer``'s W_O f32[K, G, D, M] as stored, without any gain folded in."""
+        wo = self._f32("wo", layer)
+        self._release_pages()
+        return wo
+
     def mlp(self, layer: int) -> MLPWeights:
         """Layer ``layer``'s MLP block in float32 (its norm gains kept separate: the stand-ins need the norms themselves)."""
         post_norm = self.gain("post_mlp_norm", layer) if self.config.block.post_norms else None

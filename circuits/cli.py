@@ -142,6 +142,7 @@ def _report(args: argparse.Namespace) -> None:
         mesh=parse_mesh(args.mesh) if args.mesh else None,
         dtype=args.dtype,
         fold_norms=not args.no_fold_norms,
+        method=args.method,
     )
     directory = result.write(args.out)
     console = Console()
@@ -316,6 +317,8 @@ def build_parser() -> argparse.ArgumentParser:
     report.add_argument("--mesh", default=None, help="shard the validation over devices, e.g. data=1,model=8")
     _add_dtype(report, "dtype of the validation forward passes")
     report.add_argument("--top", type=_positive, default=None, help="how many heads count as top (default: 3%% of all heads)")
+    report.add_argument("--method", choices=METHODS, default=METHODS[0],
+                        help="the weight-only prediction method (prefix-share puts predicted and measured on one scale)")
     report.add_argument("--no-fold-norms", action="store_true", help="score raw weights (RMSNorm gains not folded in)")
 
     icl = command("icl", "ablate or knock out induction heads on in-context-learning tasks (Crosbie & Shutova)", _icl)

@@ -281,3 +281,17 @@ def greedy_continuation(model, prompt: list[int], max_new_tokens: int, stop: int
         if token == stop:
             break
     return new
+
+
+def _block_overrides():
+    from circuits.models.layout import FAMILY_BLOCKS
+
+    qwen = dict(block=FAMILY_BLOCKS["qwen2"], architecture="qwen2")
+    gemma = dict(block=FAMILY_BLOCKS["gemma3"], architecture="gemma3", query_pre_attn_scalar=6.0, sliding_window=5,
+                 layer_types=("sliding_attention", "full_attention", "sliding_attention"), local_rope_theta=100.0)
+    return qwen, gemma
+
+
+QWEN_LIKE, GEMMA_LIKE = _block_overrides()
+""":func:`random_transformer` overrides for a 3-layer Qwen2-like block (q/k/v biases) and Gemma-3-like block (QK-norm,
+post-norms, norm offset, GeGLU, embedding scale, sliding and full layers)."""

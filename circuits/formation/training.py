@@ -24,6 +24,7 @@ from circuits.formation.clamps import Clamp
 from circuits.formation.measures import Measures, evaluate_fn, measure, phase_change_step, query_losses
 from circuits.formation.tasks import FewShotTask, RepeatTask, TaskBatch
 from circuits.models.config import ModelConfig
+from circuits.models.layout import FAMILY_BLOCKS
 from circuits.models.transformer import Transformer
 from circuits.world_errors import library_noise_held, raise_as_write_error
 
@@ -52,6 +53,7 @@ class TrainSettings:
     n_kv_heads: int | None = None  # None: multi-head attention (n_heads KV heads)
     d_mlp: int = 0  # 0: attention-only
     tie_embeddings: bool = False  # unembedding = embeddingᵀ
+    family: str = "llama"  # the block (models.layout.FAMILY_BLOCKS) of a model with MLPs: llama, qwen2 (q/k/v biases), gemma3 (QK-norm, ...)
     n_pairs: int = 3
     n_classes: int = 256
     n_labels: int = 16
@@ -70,6 +72,10 @@ class TrainSettings:
             problems.append(f"checkpoint_every={self.checkpoint_every} must be a multiple of eval_every={self.eval_every}")
         if self.seeds < 1:
             problems.append(f"seeds={self.seeds} must be at least 1")
+        if self.family not in FAMILY_BLOCKS:
+            problems.append(f"family {self.family!r} is not one of {', '.join(FAMILY_BLOCKS)}")
+        elif self.family != "llama" and not self.d_mlp:
+            problems.append(f"family {self.family!r} needs MLPs (d_mlp > 0); attention-only models are Llama-style")
         if self.d_model % self.n_heads or (self.d_model // self.n_heads) % 2:
             problems.append(f"d_model={self.d_model} must split into n_heads={self.n_heads} heads of even size")
         if problems:
@@ -82,7 +88,8 @@ class TrainSettings:
         return RepeatTask(self.vocab_size, self.min_length, self.max_length)
 
     def model_config(self) -> ModelConfig:
-        """The pre-norm RoPE model: attention-only by default, Llama-style with ``d_mlp`` > 0, grouped-query
+        """The pre-norm RoPE model: attention-only by default, with ``d_mlp`` > 0 a block of ``family`` (Llama-style,
+        Qwen2's q/k/v biases, Gemma 3's QK-norm, post-norms and GeGLU; every layer full attention), grouped-query
         attention with ``n_kv_heads`` < ``n_heads``, and a tied unembedding with ``tie_embeddings``."""
         return ModelConfig(
             vocab_size=self.formation_task.vocab_size,
@@ -93,8 +100,9 @@ class TrainSettings:
             head_dim=self.d_model // self.n_heads,
             d_mlp=self.d_mlp,
             max_position_embeddings=self.formation_task.seq_len,
-            architecture="llama" if self.d_mlp else "attention-only",
+            architecture=self.family if self.d_mlp else "attention-only",
             tie_embeddings=self.tie_embeddings,
+            block=FAMILY_BLOCKS[self.family] if self.d_mlp else FAMILY_BLOCKS["llama"],
         )
 
     def identity(self) -> dict:

@@ -26,6 +26,7 @@ from circuits.analysis.agreement import (
 )
 from circuits.analysis.attention import attention_scores, copying_scores
 from circuits.analysis.induction import InductionEdge, predict_induction
+from circuits.analysis.methods import METHODS
 from circuits.analysis.repeated_tokens import repeated_random_tokens
 from circuits.analysis.targets import induction_targets
 from circuits.utils import ResultFiles, head_label, json_text, progress, rounded_list
@@ -247,6 +248,7 @@ def report(
     dtype=None,
     fold_norms: bool = True,
     confirm_threshold: float = 0.3,
+    method: str = METHODS[0],
     show_progress: bool = True,
 ) -> CircuitReport:
     """Build a :class:`CircuitReport` for ``model`` (a path, model name, or a loaded Transformer).
@@ -254,7 +256,8 @@ def report(
     The checkpoint is opened once. Without validation HF and GGUF checkpoints are streamed for the weight-only
     part; validation (on by default) loads the model once (onto ``mesh`` if given), and that model serves both
     the weight-only part and the forward passes (a GGUF file is dequantised once). ``k``: how many heads
-    count as "top" (default: 3% of all heads).
+    count as "top" (default: 3% of all heads); ``method``: the weight-only method (``prefix-share`` predicts the measured score
+    itself, so the scatter plot is a calibration plot).
     """
     from circuits.convert.checkpoint import open_checkpoint
     from circuits.models.transformer import Transformer
@@ -276,7 +279,7 @@ def report(
     if not 0 < k <= config.n_layers * config.n_heads:
         raise ValueError(f"top k = {k} heads, but the model has {config.n_layers * config.n_heads}; fix: choose 1 to "
                          f"{config.n_layers * config.n_heads} (--top)")
-    prediction = predict_induction(source, fold_norms=fold_norms, n_edges=max(20, k), show_progress=show_progress)
+    prediction = predict_induction(source, method=method, fold_norms=fold_norms, n_edges=max(20, k), show_progress=show_progress)
     del source
     release_freed_memory()
     validation = None

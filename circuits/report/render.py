@@ -11,7 +11,7 @@ import numpy as np
 from markdown_it import MarkdownIt
 from markupsafe import Markup
 
-from circuits.analysis.methods import SCORE_UNITS
+from circuits.analysis.methods import METHODS, SCORE_AXES, SCORE_UNITS
 from circuits.svg_figures import ColourScale, ScatterPoint, head_heatmap, head_ranks, induction_graph, prediction_scatter
 from circuits.utils import head_label
 
@@ -136,8 +136,9 @@ def summary_lines(report) -> list[str]:
         f"Products in {p['accumulation_dtype']}; RMSNorm gains {'folded' if p['fold_norms'] else 'not folded'}; unembedding "
         f"{'centred' if p['center_unembed'] else 'not centred'}; K-composition random baseline "
         f"{report.k_composition_baseline['mean']:.4f} +- {report.k_composition_baseline['std']:.4f}.",
-        f"Predicted induction is {SCORE_UNITS.get(report.method, 'a relative score')}: its order and ratios carry the prediction, "
-        "not its size; 0 means no induction circuit is predicted.",
+        f"Predicted induction is {SCORE_UNITS.get(report.method, 'a relative score')}"
+        + (": predicted and measured share one scale." if SCORE_AXES[report.method] != SCORE_AXES[METHODS[0]] else
+           ": its order and ratios carry the prediction, not its size; 0 means no induction circuit is predicted."),
     ]
     v = report.validation
     if v is not None:
@@ -153,8 +154,21 @@ def summary_lines(report) -> list[str]:
             f"{v.previous_token_sources} of the top {report.k} predicted heads read from a predicted source head that is a "
             f"measured previous-token head (previous token >= {v.previous_token_threshold}).",
             _largest_exact_ablations(report),
+            _misses(report),
         ]
     return lines
+
+
+def _misses(report) -> str:
+    """The top-k predicted heads that do not measure as induction heads, and the top-k measured heads the prediction
+    ranks below k, by name."""
+    v = report.validation
+    predicted_rank = head_ranks(report.predicted_induction)
+    wrong = [head_label(layer, head) for layer, head, _ in report.top_predicted() if (layer, head) not in v.confirmed]
+    missed = [f"{head_label(layer, head)} (predicted rank {predicted_rank[layer, head]})" for layer, head, _ in v.measured_top(report.k)
+              if predicted_rank[layer, head] > report.k]
+    return (f"Misses: predicted but not measured as induction heads: {', '.join(wrong) or 'none'}; measured among the top "
+            f"{report.k} but not predicted there: {', '.join(missed) or 'none'}.")
 
 
 def _markdown_table(header: list[str], rows: list[list[str]]) -> str:
@@ -233,16 +247,18 @@ def _scatter(report) -> str:
                      + (f"; {status}" if status else ""))
             points.append(ScatterPoint(layer, head, float(predicted[layer, head]), float(v.prefix_matching[layer, head]), title,
                                        (layer, head) in highlighted))
+    axis = SCORE_AXES[report.method]
     return prediction_scatter(points, title="predicted induction vs measured prefix matching, every head",
-                              x_label="predicted induction (weights only, relative score)", y_label="prefix matching (measured)",
-                              log_x=ColourScale.suited(predicted) == "log")
+                              x_label=f"predicted induction (weights only, {axis})", y_label="prefix matching (measured)",
+                              log_x=axis == SCORE_AXES[METHODS[0]] and ColourScale.suited(predicted) == "log")
 
 
 def report_html(report) -> str:
     """One HTML file with inline CSS and inline SVG figures: viewable offline, the same bytes for the same report."""
     markdown = MarkdownIt("commonmark", {"html": False}).enable("table")
-    maps = [("heatmap-predicted", head_heatmap(report.predicted_induction, "predicted induction (weights, relative score)",
-                                               scale=ColourScale.fit(report.predicted_induction, kind="log"))),
+    shares = SCORE_AXES[report.method] != SCORE_AXES[METHODS[0]]
+    maps = [("heatmap-predicted", head_heatmap(report.predicted_induction, f"predicted induction (weights, {SCORE_AXES[report.method]})",
+                                               scale=ColourScale(0.0, 1.0) if shares else ColourScale.fit(report.predicted_induction, kind="log"))),
             ("heatmap-ov", head_heatmap(report.ov_copying, "OV copying (weights)", scale=ColourScale(-1.0, 1.0), cmap="RdBu_r"))]
     v = report.validation
     scatter = None

@@ -6,17 +6,13 @@ import jax.numpy as jnp
 import numpy as np
 import pytest
 from flax import nnx
-from helpers import random_transformer
+from helpers import GEMMA_LIKE, random_transformer
 
 from circuits.analysis import predict_induction
 from circuits.analysis.rope import layer_rope_averages, rope_average
 from circuits.analysis.standins import _mlp_step
 from circuits.analysis.weights import WeightReader
 from circuits.models.layers import rms_norm
-from circuits.models.layout import FAMILY_BLOCKS
-
-GEMMA_LIKE = dict(block=FAMILY_BLOCKS["gemma3"], architecture="gemma3", query_pre_attn_scalar=6.0, sliding_window=5,
-                  layer_types=("sliding_attention", "full_attention", "sliding_attention"), local_rope_theta=100.0)
 
 
 @pytest.fixture(scope="module")

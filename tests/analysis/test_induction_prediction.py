@@ -5,13 +5,12 @@ import jax
 import jax.numpy as jnp
 import numpy as np
 import pytest
-from helpers import dense_heads, random_transformer
+from helpers import GEMMA_LIKE, QWEN_LIKE, dense_heads, random_transformer
 
 from circuits.analysis.induction import predict_induction
 from circuits.analysis.rope import rope_average
 from circuits.analysis.standins import sample_token_ids
 from circuits.models.config import ModelConfig
-from circuits.models.layout import FAMILY_BLOCKS
 from circuits.models.rope import apply_rotary, rotary_tables
 
 
@@ -99,9 +98,6 @@ def test_rope_average_is_the_mean_rotary_logit_over_offsets():
     assert not np.allclose(rope_average(config, (3, 20)), np.eye(8), atol=0.1)  # it does change the circuit
 
 
-QWEN_LIKE = dict(block=FAMILY_BLOCKS["qwen2"], architecture="qwen2")
-GEMMA_LIKE = dict(block=FAMILY_BLOCKS["gemma3"], architecture="gemma3", query_pre_attn_scalar=6.0, sliding_window=5,
-                  layer_types=("sliding_attention", "full_attention", "sliding_attention"), local_rope_theta=100.0)
 
 
 @pytest.mark.parametrize("overrides", [dict(), dict(n_kv_heads=6, d_mlp=0), QWEN_LIKE, GEMMA_LIKE],
