@@ -181,17 +181,34 @@ def test_circuits_analysis_face_streams_a_checkpoint(make_llama):
 TESTBEDS = {
     "gqa-untied": dict(n_layers=4, n_heads=8, n_kv_heads=2),
     "mha-tied": dict(n_layers=5, n_heads=4, n_kv_heads=4, tie_embeddings=True),
+    "qkv-biases": dict(n_layers=4, n_heads=8, n_kv_heads=2, family="qwen2"),
+    "qk-norm-mqa": dict(n_layers=4, n_heads=4, n_kv_heads=1, family="gemma3"),
 }
+"""Models this project trains itself on repeated segments until induction heads form (SwiGLU or GeGLU MLPs, RoPE):
+grouped-query attention with G = 4 and an untied unembedding; multi-head attention with tied embeddings; Qwen2's
+q/k/v biases; Gemma 3's block (QK-norm, post-norms, GeGLU, embedding scale) with one KV head for four query heads."""
+DEFAULT_TESTBEDS = ("gqa-untied", "mha-tied")  # where the default method's bar below has held since it was introduced
+
+
+def agreement_figures(predicted: np.ndarray, prefix: np.ndarray, threshold: float = 0.4) -> tuple[int, int, int, float]:
+    """(k = heads measuring prefix matching >= threshold, how many of the top min(5, k) predicted are such heads, how
+    many of the top k, Spearman over all heads)."""
+    from circuits.analysis.agreement import spearman, top_heads
+
+    k = int((prefix >= threshold).sum())
+    top = top_heads(predicted, k)
+    return k, sum(prefix[h] >= threshold for h in top[:5]), sum(prefix[h] >= threshold for h in top), spearman(predicted, prefix)
 
 
 @pytest.mark.parametrize("shape", list(TESTBEDS))
 def test_testbeds_trained_by_the_project_rank_their_induction_heads_first(shape):
-    """Llama-style models this project trains itself (SwiGLU MLPs, RoPE; 4 layers with 8 query / 2 KV heads and an
-    untied unembedding, or 5 layers of multi-head attention with tied embeddings) on repeated segments until
-    induction heads form. Every head that measurably does induction (prefix matching >= 0.75) must be ranked
-    above every head that does not (< 0.5), and read from a measured previous-token head."""
-    from circuits.analysis.agreement import precision_at_k, spearman
+    """On every testbed, ``prefix-share`` (measured on its own context, BOS + 20 tokens x 2 as the testbeds are
+    measured) meets the predictor's bar: the top min(5, k) predicted heads all measure prefix matching >= 0.4, the top
+    k overlap the measured top k by >= 80%, Spearman >= 0.6 over all heads, and each induction head reads from a
+    measured previous-token head (>= 0.4, or the most previous-token head there is). On the two Llama-style testbeds
+    the default method ranks every head with prefix matching >= 0.75 above every head < 0.5."""
     from circuits.analysis.attention import attention_scores
+    from circuits.analysis.context import ContextProtocol
     from circuits.analysis.repeated_tokens import repeated_random_tokens
     from circuits.formation.clamps import Clamp
     from circuits.formation.training import Trainer, TrainSettings
@@ -201,16 +218,23 @@ def test_testbeds_trained_by_the_project_rank_their_induction_heads_first(shape)
     trainer = Trainer(settings, Clamp())
     trainer.train()
     model = trainer.model
-    measured = attention_scores(model, repeated_random_tokens(model.config, batch=16, length=20, seed=3))
-    prefix, previous = measured["prefix_matching"].scores, measured["previous_token"].scores
-    inducting = prefix >= 0.75
-    assert inducting.sum() >= 2, prefix.round(2)  # training did form induction heads
-    k = int((prefix >= 0.5).sum())
-    for method in ("token-zgain-rms", "kcomp-token-zgain"):  # the comparison method's figures are printed, the default's asserted
-        prediction = predict_induction(model, method=method)
-        predicted = prediction.predicted_induction.scores
-        print(f"{shape} {method}: {inducting.sum()} induction heads, precision@{k} {precision_at_k(predicted, prefix, k):.2f}, "
-              f"Spearman {spearman(predicted, prefix):.3f}")
-    assert predicted[inducting].min() > predicted[prefix < 0.5].max(), (predicted.round(2), prefix.round(2))
-    for layer, head in zip(*np.nonzero(inducting)):
-        assert previous[prediction.source_of(layer, head)] >= 0.5, (layer, head, prediction.source_of(layer, head))
+    measured = [attention_scores(model, repeated_random_tokens(model.config, batch=16, length=20, seed=seed)) for seed in (0, 1, 2)]
+    prefix = np.mean([m["prefix_matching"].scores for m in measured], axis=0)
+    previous = np.mean([m["previous_token"].scores for m in measured], axis=0)
+    assert (prefix >= 0.75).sum() >= 2, prefix.round(2)  # training did form induction heads
+    predictions = {method: predict_induction(model, method=method, context=ContextProtocol(20, 2))
+                   for method in ("prefix-share", "kcomp-token-zgain", "token-zgain-rms")}
+    for method, prediction in predictions.items():
+        k, top_five, top_k, rho = agreement_figures(prediction.predicted_induction.scores, prefix)
+        print(f"{shape} {method}: k {k}, top {min(5, k)} all induction {top_five}/{min(5, k)}, top-k overlap {top_k}/{k}, Spearman {rho:.3f}")
+    share = predictions["prefix-share"]
+    k, top_five, top_k, rho = agreement_figures(share.predicted_induction.scores, prefix)
+    assert top_five == min(5, k) and top_k >= 0.8 * k and rho >= 0.6, (k, top_five, top_k, rho)
+    for layer, head in zip(*np.nonzero(prefix >= 0.4)):
+        source = share.source_of(layer, head)
+        assert previous[source] >= min(0.4, previous[:layer].max()), (layer, head, source, previous.round(2))
+    if shape in DEFAULT_TESTBEDS:
+        predicted, inducting = predictions["kcomp-token-zgain"].predicted_induction.scores, prefix >= 0.75
+        assert predicted[inducting].min() > predicted[prefix < 0.5].max(), (predicted.round(2), prefix.round(2))
+        for layer, head in zip(*np.nonzero(inducting)):
+            assert previous[predictions["kcomp-token-zgain"].source_of(layer, head)] >= 0.5
