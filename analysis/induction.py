@@ -419,7 +419,8 @@ def _predict_token_level(
     preprocessing = dataclasses.replace(reader.preprocessing, product_dtype=product_dtype, rope_offsets=settings.rope_offsets)
     layer_rotations = [None if r is None else jnp.asarray(r) for r in layer_rope_averages(config, settings.rope_offsets)]
     standins = TokenStandins(
-        reader, sample_token_ids(config.vocab_size, settings.n_tokens, settings.token_seed), settings.blowup, product_dtype
+        reader, sample_token_ids(config.vocab_size, settings.n_tokens, settings.token_seed), settings.blowup, product_dtype,
+        track_first=settings.mean_field,
     )
     unembed_embed = reader.unembed_embed_product()
     eigenvalues = np.zeros((n_layers, n_heads, d), np.complex128)
@@ -432,7 +433,7 @@ def _predict_token_level(
     residual_rms = np.ones(n_layers, np.float32)
     offset_tables = {kind: offset_rotations(config, kind) for kind in set(config.layer_kinds)}
     protocol = settings.context
-    context_tables = {kind: offset_rotations(config, kind, protocol.tokens) for kind in set(config.layer_kinds)}
+    context_tables = {kind: offset_rotations(config, kind, protocol.tokens) for kind in set(config.layer_kinds)} if settings.mean_field else {}
     contexts: list[HeadContext] = []
     previous_share = np.zeros((n_layers, n_heads), np.float32)
     scale = config.attention_scale
@@ -444,10 +445,11 @@ def _predict_token_level(
         x, keep = standins.current()
         keep = jnp.asarray(keep)
         raw = reader.attention(layer)
-        context = layer_context(raw, x, keep, standins.first(), context_tables[config.layer_kinds[layer]], scale, config.rms_norm_eps)
-        shares = context_shares(context, jnp.zeros(context.itself.shape), protocol, layer_window(config, layer))
-        contexts.append(context)
-        previous_share[layer] = np.asarray(shares["previous"]).reshape(-1)
+        if settings.mean_field:
+            context = layer_context(raw, x, keep, standins.first(), context_tables[config.layer_kinds[layer]], scale, config.rms_norm_eps)
+            shares = context_shares(context, jnp.zeros(context.itself.shape), protocol, layer_window(config, layer))
+            contexts.append(context)
+            previous_share[layer] = np.asarray(shares["previous"]).reshape(-1)
         w = fold_qk_norm(raw, x)
         eigenvalues[layer] = ov_eigenvalues(unembed_embed, w.wv, w.wo)
         unrotated_keys, key_bias = w.wk, w.bk

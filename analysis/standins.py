@@ -103,6 +103,7 @@ class TokenStandins:
     ids: np.ndarray
     blowup: float = DEFAULT_BLOWUP
     product_dtype: str = "float32"
+    track_first: bool = False  # also track the first token's (BOS's) exact residual (:meth:`first`, :meth:`attend`)
 
     def __post_init__(self):
         self.layer = 0
@@ -141,5 +142,6 @@ class TokenStandins:
                 mlp, **{name: getattr(mlp, name).astype(self.product_dtype) for name in ("w_gate", "w_up", "w_down")}
             )
             self._residual = _mlp_step(self._residual, mlp, config.rms_norm_eps, config.block.activation)
-            self._first = _mlp_step(self._first, mlp, config.rms_norm_eps, config.block.activation)
+            if self.track_first:
+                self._first = _mlp_step(self._first, mlp, config.rms_norm_eps, config.block.activation)
         self.layer += 1
