@@ -24,6 +24,11 @@ the reading head's real input: G' is G divided by the residual RMS of the typica
 (what its input norm divides by) and, with post-attention norms, by the RMS of the writing head's own output
 (what that norm divides by). No free constant; its scores are comparable across layers and models.
 
+Method ``prefix-share`` predicts the measured prefix-matching share itself (:mod:`~circuits.analysis.context`): each
+head's share of the matching key on the measurement's context, where the matching key's extra logit is
+``sum_j p_j G'_ji`` (p_j: head j's predicted previous-token share; G': the gain in nats at head i's input), on
+stand-ins that receive mean-field attention outputs (:mod:`~circuits.analysis.standins`). Edge strength: ``p_j G'_ji``.
+
 Everything goes through D x D factors (no n x n, V x V or M x M matrix), in one streaming pass:
 ``P_ji = W_O^j W_K'^i`` [D, D] is the one M-long product per head pair, and
 
@@ -317,8 +322,9 @@ class InductionPrediction:
     ((-1, -1) in layer 0); edge_strength / k_composition / token_terms (Z) / token_gain (G, nats):
     f32[L, N, L, N] over (earlier, later);
     ov_copying: the embed -> unembed OV copying score, a diagnostic column;
-    previous_token: each head's weight-only preference for the previous position (``kcomp-token-*`` only;
-    a diagnostic, not part of the score), see ``_previous_token_preference``.
+    previous_token: each head's weight-only preference for the previous position (``kcomp-token-*``: a diagnostic,
+    not part of the score, see ``_previous_token_preference``; ``prefix-share``: the predicted previous-token share,
+    on the measured scale, which weights each source's gain).
     """
 
     method: str
