@@ -42,7 +42,9 @@ def test_sharded_forward_equals_unsharded(checkpoints, family):
     tokens = random_tokens(8, 40, 256)
     sharded = circuits.load(directory, mesh=mesh, show_progress=False)
     expected = np.asarray(model(tokens))
-    np.testing.assert_allclose(np.asarray(sharded(shard_tokens(tokens, mesh))), expected, atol=1e-5 * np.abs(expected).max(), rtol=0)
+    # float32 sums split over 8 shards add in another order: Gemma 3's block (QK-norm, post-norms) reached 1.07e-5 of
+    # the largest logit with jax 0.10.2 on 2 CPU cores; a wrong sharding rule is off by orders of magnitude more
+    np.testing.assert_allclose(np.asarray(sharded(shard_tokens(tokens, mesh))), expected, atol=3e-5 * np.abs(expected).max(), rtol=0)
 
 
 @pytest.mark.parametrize("family", FAMILIES)
