@@ -120,3 +120,17 @@ def test_circuits_report_is_callable_and_still_a_package():
     result = circuits.report("demo-induction", validate=False, show_progress=False)
     assert isinstance(result, CircuitReport) and result.top_predicted()[0][:2] == (1, 0)
     assert callable(circuits.report) and circuits.report.render.report_markdown(result).startswith("# Induction circuits")
+
+
+def test_prefix_share_report_puts_predicted_on_the_measured_scale_and_names_misses(tmp_path):
+    """``circuits report --method prefix-share``: predicted scores are shares in [0, 1], the figures say so, and the
+    summary names the misses (here none: the demo's one induction head is predicted and measured first)."""
+    out = tmp_path / "report"
+    assert main(["report", "demo-induction", "--validate", "--method", "prefix-share", "--out", str(out)]) == 0
+    data = json.loads((out / "report.json").read_text())
+    predicted = np.asarray(data["predicted_induction"], np.float64)
+    assert data["method"] == "prefix-share" and ((predicted >= 0) & (predicted <= 1)).all()
+    markdown, page = (out / "report.md").read_text(), (out / "report.html").read_text()
+    assert "predicted and measured share one scale" in markdown
+    assert "Misses: predicted but not measured as induction heads: none; measured among the top 1 but not predicted there: none." in markdown
+    assert "predicted induction (weights only, predicted attention share)" in page
