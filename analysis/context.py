@@ -27,7 +27,7 @@ import jax.numpy as jnp
 
 from circuits.analysis.weights import AttentionWeights
 from circuits.models.config import ModelConfig
-from circuits.models.layers import einsum
+from circuits.models.layers import einsum, rms_norm
 
 
 @dataclasses.dataclass(frozen=True)
@@ -66,9 +66,7 @@ class HeadContext:
 def per_token_norm(vectors: jax.Array, gain: jax.Array | None, eps: float) -> jax.Array:
     """QK-norm as the block applies it to each token's query or key [..., D] (RMS over D, times ``gain`` [D]);
     unchanged for ``gain`` None."""
-    if gain is None:
-        return vectors
-    return vectors * jax.lax.rsqrt(jnp.mean(jnp.square(vectors), axis=-1, keepdims=True) + eps) * gain
+    return vectors if gain is None else rms_norm(vectors, gain, eps)
 
 
 @jax.jit

@@ -60,7 +60,7 @@ from circuits.analysis.composition import (
     rotate_keys,
 )
 from circuits.analysis.context import ContextProtocol, HeadContext, context_shares, layer_context, layer_window
-from circuits.analysis.methods import MEAN_FIELD_METHODS, METHODS
+from circuits.analysis.methods import METHODS, SHARE_METHODS
 from circuits.analysis.ov import copying_score, ov_copying_scores, ov_eigenvalues
 from circuits.analysis.results import CompositionScores, HeadScores
 from circuits.analysis.rope import DEFAULT_OFFSETS, layer_rope_averages, rope_average
@@ -299,7 +299,7 @@ class PredictorSettings:
     @property
     def mean_field(self) -> bool:
         """Whether the stand-ins receive each layer's mean-field attention output (:mod:`~circuits.analysis.standins`)."""
-        return self.method in MEAN_FIELD_METHODS
+        return self.method in SHARE_METHODS
 
     def __post_init__(self):
         if self.method not in METHODS:
@@ -441,7 +441,6 @@ def _predict_token_level(
     protocol = settings.context
     context_tables = {kind: offset_rotations(config, kind, protocol.tokens) for kind in set(config.layer_kinds)} if settings.mean_field else {}
     contexts: list[HeadContext] = []
-    previous_share = np.zeros((n_layers, n_heads), np.float32)
     scale = config.attention_scale
     per_layer_bytes = n_heads * d * n_heads * d * 4
     block = max(1, min(CHUNK_BYTES // per_layer_bytes, n_layers - 1))
@@ -455,14 +454,15 @@ def _predict_token_level(
             context = layer_context(raw, x, keep, standins.first(), context_tables[config.layer_kinds[layer]], scale, config.rms_norm_eps)
             shares = context_shares(context, jnp.zeros(context.itself.shape), protocol, layer_window(config, layer))
             contexts.append(context)
-            previous_share[layer] = np.asarray(shares["previous"]).reshape(-1)
+            previous_token[layer] = np.asarray(shares["previous"]).reshape(-1)
         w = fold_qk_norm(raw, x)
         eigenvalues[layer] = ov_eigenvalues(unembed_embed, w.wv, w.wo)
         unrotated_keys, key_bias = w.wk, w.bk
         w = rotate_keys(w, layer_rotations[layer])
         later = _later_heads(w, x)
-        previous_token[layer] = np.asarray(_previous_token_preference(later.queries, unrotated_keys, key_bias, x, keep,
-                                                                          offset_tables[config.layer_kinds[layer]], scale)).reshape(-1)
+        if not settings.mean_field:
+            previous_token[layer] = np.asarray(_previous_token_preference(later.queries, unrotated_keys, key_bias, x, keep,
+                                                                              offset_tables[config.layer_kinds[layer]], scale)).reshape(-1)
         later = dataclasses.replace(later, wk=later.wk.astype(product_dtype))
         for start in range(0, layer, block):
             task += 1
@@ -494,11 +494,10 @@ def _predict_token_level(
     predicted = None
     if settings.method == "prefix-share":
         token_gain = token_gain * _gain_scale(config, np.repeat(layer_output_rms[:, None], n_heads, axis=1), residual_rms)
-        edge_strength = previous_share[:, :, None, None] * token_gain  # nats each source adds to the matching key's logit
+        edge_strength = previous_token[:, :, None, None] * token_gain  # nats each source adds to the matching key's logit
         total_gain = edge_strength.sum(axis=(0, 1))
         predicted = np.stack([np.asarray(context_shares(contexts[layer], jnp.asarray(total_gain[layer].reshape(n_kv, -1)), protocol,
                                                         layer_window(config, layer))["prefix"]).reshape(-1) for layer in range(n_layers)])
-        previous_token = previous_share
     elif settings.method == "token-zgain-rms":
         token_gain = token_gain * _gain_scale(config, output_rms, residual_rms)
         edge_strength = np.clip(token_z, 0.0, None) * np.clip(token_gain, 0.0, None)
@@ -563,7 +562,7 @@ def predict_induction(
     """
     if method == "ov-kcomp-eigen":
         return _predict_ov_kcomp_eigen(source, PredictorSettings.legacy(), fold_norms, max_pairs, n_edges, show_progress)
-    standins = ("embeddings through the MLP blocks and mean-field attention, RMS-normalised" if method in MEAN_FIELD_METHODS
+    standins = ("embeddings through the MLP blocks and mean-field attention, RMS-normalised" if method in SHARE_METHODS
                 else PredictorSettings.standins)
     settings = PredictorSettings(method, None if rope_offsets is None else tuple(rope_offsets), n_tokens, token_seed, standins,
                                  context=context)

@@ -13,8 +13,9 @@ METHOD_HELP = {
 METHODS = tuple(METHOD_HELP)
 """Every method's name; the first is the default."""
 
-MEAN_FIELD_METHODS = ("prefix-share",)
-"""Methods whose stand-ins receive each layer's mean-field attention output."""
+SHARE_METHODS = ("prefix-share",)
+"""Methods whose score is a predicted attention share on the measured scale (0 to 1); their stand-ins receive each
+layer's mean-field attention output."""
 
 SCORE_UNITS = {
     "prefix-share": "a predicted attention share (0 to 1), on the same scale as the measured prefix-matching score",
@@ -25,5 +26,5 @@ SCORE_UNITS = {
 }
 """What each method's predicted-induction number is, for every table and figure that shows one."""
 
-SCORE_AXES = {method: "relative score" for method in METHODS} | {"prefix-share": "predicted attention share"}
+SCORE_AXES = {method: "predicted attention share" if method in SHARE_METHODS else "relative score" for method in METHODS}
 """A short name for each method's scale, for axis labels; a share lives on the measured scale (0 to 1)."""

@@ -26,7 +26,7 @@ import jax.numpy as jnp
 import numpy as np
 
 from circuits.analysis.weights import MLPWeights, WeightReader
-from circuits.models.layers import ACTIVATION_FUNCTIONS
+from circuits.models.layers import ACTIVATION_FUNCTIONS, rms_norm
 
 DEFAULT_TOKENS = 1024
 DEFAULT_BLOWUP = 100.0
@@ -80,9 +80,7 @@ def mean_field_attention(values: jax.Array, keep: jax.Array, first_value: jax.Ar
     first = jnp.einsum("kd,kgdm->m", first_value, wo)  # a first token attends only to itself
 
     def post_norm(out):
-        if post_gain is None:
-            return out
-        return out * jax.lax.rsqrt(jnp.mean(jnp.square(out), axis=-1, keepdims=True) + eps) * post_gain
+        return out if post_gain is None else rms_norm(out, post_gain, eps)
 
     rms = jnp.sqrt(jnp.mean(jnp.square(outputs), axis=-1))
     typical_rms = jnp.sum(rms * weight) / jnp.maximum(weight.sum(), 1.0)  # what a post-attention norm divides by

@@ -11,7 +11,7 @@ import numpy as np
 from markdown_it import MarkdownIt
 from markupsafe import Markup
 
-from circuits.analysis.methods import METHODS, SCORE_AXES, SCORE_UNITS
+from circuits.analysis.methods import SCORE_AXES, SCORE_UNITS, SHARE_METHODS
 from circuits.svg_figures import ColourScale, ScatterPoint, head_heatmap, head_ranks, induction_graph, prediction_scatter
 from circuits.utils import head_label
 
@@ -137,7 +137,7 @@ def summary_lines(report) -> list[str]:
         f"{'centred' if p['center_unembed'] else 'not centred'}; K-composition random baseline "
         f"{report.k_composition_baseline['mean']:.4f} +- {report.k_composition_baseline['std']:.4f}.",
         f"Predicted induction is {SCORE_UNITS.get(report.method, 'a relative score')}"
-        + (": predicted and measured share one scale." if SCORE_AXES[report.method] != SCORE_AXES[METHODS[0]] else
+        + (": predicted and measured share one scale." if report.method in SHARE_METHODS else
            ": its order and ratios carry the prediction, not its size; 0 means no induction circuit is predicted."),
     ]
     v = report.validation
@@ -247,18 +247,17 @@ def _scatter(report) -> str:
                      + (f"; {status}" if status else ""))
             points.append(ScatterPoint(layer, head, float(predicted[layer, head]), float(v.prefix_matching[layer, head]), title,
                                        (layer, head) in highlighted))
-    axis = SCORE_AXES[report.method]
     return prediction_scatter(points, title="predicted induction vs measured prefix matching, every head",
-                              x_label=f"predicted induction (weights only, {axis})", y_label="prefix matching (measured)",
-                              log_x=axis == SCORE_AXES[METHODS[0]] and ColourScale.suited(predicted) == "log")
+                              x_label=f"predicted induction (weights only, {SCORE_AXES[report.method]})", y_label="prefix matching (measured)",
+                              log_x=report.method not in SHARE_METHODS and ColourScale.suited(predicted) == "log")
 
 
 def report_html(report) -> str:
     """One HTML file with inline CSS and inline SVG figures: viewable offline, the same bytes for the same report."""
     markdown = MarkdownIt("commonmark", {"html": False}).enable("table")
-    shares = SCORE_AXES[report.method] != SCORE_AXES[METHODS[0]]
     maps = [("heatmap-predicted", head_heatmap(report.predicted_induction, f"predicted induction (weights, {SCORE_AXES[report.method]})",
-                                               scale=ColourScale(0.0, 1.0) if shares else ColourScale.fit(report.predicted_induction, kind="log"))),
+                                               scale=ColourScale(0.0, 1.0) if report.method in SHARE_METHODS
+                                               else ColourScale.fit(report.predicted_induction, kind="log"))),
             ("heatmap-ov", head_heatmap(report.ov_copying, "OV copying (weights)", scale=ColourScale(-1.0, 1.0), cmap="RdBu_r"))]
     v = report.validation
     scatter = None
