@@ -11,17 +11,30 @@ import numpy as np
 from markdown_it import MarkdownIt
 from markupsafe import Markup
 
-from circuits.analysis.methods import SCORE_AXES, SCORE_UNITS, SHARE_METHODS
+from circuits.analysis.methods import METHOD_HELP, SCORE_AXES, SCORE_UNITS, SHARE_METHODS
 from circuits.svg_figures import ColourScale, ScatterPoint, head_heatmap, head_ranks, induction_graph, prediction_scatter
 from circuits.utils import head_label
 
-READING_GUIDE = """\
+PREDICTED_GUIDE = {
+    "kcomp-token-zgain": """\
 * **predicted induction** (weights only, method kcomp-token-zgain): the strongest edge from an earlier head j,
   K-composition of j's OV into this head's RoPE-averaged QK circuit (in units of the random baseline) x the
   token-level prefix-matching z-score x its logit gain (does a query token attend to keys whose previous token,
   moved there by j, is the same token, how reliably (z) and by how many nats (gain)? computed on token
   stand-ins: embeddings through the MLP blocks alone); 0 = no induction circuit predicted.
 * **source head** (weights only): the earlier head j of that strongest edge, the predicted previous-token head.
+""",
+    "prefix-share": """\
+* **predicted induction** (weights only, method prefix-share): the predicted prefix-matching score itself, on the
+  measured scale: the expected share of attention on the matching key in the measured context (BOS + 50 random
+  tokens x 2), where that key gains, from every earlier head j, j's predicted previous-token share x its logit
+  gain in nats (computed on token stand-ins that receive mean-field attention outputs; BOS exact).
+* **source head** (weights only): the earlier head j that adds the most to that gain, the predicted previous-token head.
+""",
+}
+"""The first bullets of the reading guide, for the methods that have their own; others get their METHOD_HELP line."""
+
+READING_GUIDE = """\
 * **OV copying** (weights only, a diagnostic): Re(sum of eigenvalues) / sum |eigenvalues| of the embed -> unembed
   OV circuit, in [-1, 1]. Not part of the prediction: in deep models induction heads write into later layers,
   and this score is anti-correlated with induction.
@@ -187,8 +200,14 @@ def markdown_sections(report) -> list[tuple[str, str]]:
         sections.append(("Ablation and knockout", _markdown_table(*ablation_rows(report))))
         sections.append(("Single-head ablation (ordered by the gradient estimate, checked exactly)",
                          _markdown_table(*single_head_rows(report))))
-    sections.append(("How to read the scores", READING_GUIDE))
+    sections.append(("How to read the scores", _predicted_guide(report.method) + READING_GUIDE))
     return sections
+
+
+def _predicted_guide(method: str) -> str:
+    """The reading guide's bullets on the predicted score and the source head, for ``method``."""
+    return PREDICTED_GUIDE.get(method, f"* **predicted induction** (weights only, method {method}): {METHOD_HELP[method]}.\n"
+                                       "* **source head** (weights only): the earlier head of this head's strongest edge.\n")
 
 
 def report_markdown(report) -> str:
@@ -214,8 +233,8 @@ TEMPLATE = jinja2.Environment(autoescape=True, trim_blocks=True, lstrip_blocks=T
 Hover a point for its head, both scores and both ranks.</figcaption></figure>
 {% endif %}
 <h2>Layer x head maps</h2>
-<p>Hover a cell for its head and score. Predicted induction uses a log colour scale (its scores span orders of
-magnitude); the ablation map shows the gradient estimate for every head, and outlines the heads whose ablation was
+<p>Hover a cell for its head and score. Predicted induction uses {{ predicted_scale }}; the ablation map shows the
+gradient estimate for every head, and outlines the heads whose ablation was
 also computed exactly (hover one for both values).</p>
 <div class="figures">
 {% for id, svg in heatmaps %}<figure id="{{ id }}">{{ svg }}</figure>
@@ -278,6 +297,8 @@ def report_html(report) -> str:
         summary=Markup(markdown.render(summary)),
         scatter=scatter,
         heatmaps=[(key, Markup(svg)) for key, svg in maps],
+        predicted_scale=("the measured scores' linear scale, 0 to 1 (it predicts them)" if report.method in SHARE_METHODS
+                         else "a log colour scale (its scores span orders of magnitude)"),
         graph=Markup(induction_graph(report.predicted_induction, report.source_heads, report.k, validation=v)),
         sections=[(title, Markup(markdown.render(body))) for title, body in markdown_sections(report)],
     )

@@ -134,3 +134,5 @@ def test_prefix_share_report_puts_predicted_on_the_measured_scale_and_names_miss
     assert "predicted and measured share one scale" in markdown
     assert "Misses: predicted but not measured as induction heads: none; measured among the top 1 but not predicted there: none." in markdown
     assert "predicted induction (weights only, predicted attention share)" in page
+    assert "(weights only, method prefix-share): the predicted prefix-matching score itself" in markdown
+    assert "method kcomp-token-zgain" not in markdown and "log colour scale" not in page and "linear scale, 0 to 1" in page
