@@ -25,7 +25,7 @@ from circuits.analysis.batching import rows_per_pass
 from circuits.models.config import ModelConfig
 from circuits.models.interventions import Interventions
 from circuits.models.sharding import global_array, host_array, mesh_of
-from circuits.models.transformer import Transformer
+from circuits.models.transformer import Transformer, reading_jit
 from circuits.utils import progress
 
 
@@ -51,7 +51,7 @@ def kv_group_heads(config: ModelConfig, groups: Iterable[tuple[int, int]]) -> np
     return mask
 
 
-@nnx.jit
+@reading_jit
 def _mean_z(model: Transformer, tokens: jax.Array) -> jax.Array:
     _, captured = model.forward(tokens, capture=("z",))
     return captured["z"].astype(jnp.float32).mean(axis=(1, 2))  # [L, B, T, K, G, D] -> [L, K, G, D]
@@ -102,7 +102,7 @@ def _loss_sum_at_positions(logits: jax.Array, data: SweepData) -> jax.Array:
     return (losses * data.weights).sum()
 
 
-@nnx.jit
+@reading_jit
 def _clean_residuals(model: Transformer, tokens: jax.Array) -> jax.Array:
     """f32[L, B, T, M]: the clean residual stream at the input of every layer."""
     _, captured = model.forward(tokens, capture=("resid_pre",))
@@ -259,11 +259,12 @@ def estimate_sweep_losses(
 
 
 def _backward_bytes_per_row(config: ModelConfig, data: SweepData) -> int:
-    """Estimated bytes one sequence holds for a backward pass: each layer's activations (residual, attention,
-    patterns, MLP) and the loss positions' logits with their softmax and gradient."""
+    """Estimated bytes one sequence holds for a backward pass: every layer's input residual (the layers are
+    recomputed in the backward pass), one layer's activations (residual, attention, patterns, MLP) and the loss
+    positions' logits with their softmax and gradient."""
     seq_len, positions = data.tokens.shape[1], data.positions.shape[0]
-    per_layer = seq_len * (8 * config.d_model + 3 * config.d_mlp + 2 * config.n_heads * seq_len)
-    return 4 * (config.n_layers * per_layer + 3 * positions * config.vocab_size)
+    one_layer = seq_len * (8 * config.d_model + 3 * config.d_mlp + 2 * config.n_heads * seq_len)
+    return 4 * (config.n_layers * seq_len * config.d_model + one_layer + 3 * positions * config.vocab_size)
 
 
 @functools.partial(jax.jit, static_argnames=("graphdef", "n_rows"))

@@ -13,7 +13,6 @@ import functools
 import jax
 import jax.numpy as jnp
 import numpy as np
-from flax import nnx
 
 from circuits.analysis.batching import row_chunks
 from circuits.analysis.repeated_tokens import RepeatedTokens, repeated_random_tokens
@@ -26,7 +25,7 @@ from circuits.analysis.targets import (
 )
 from circuits.models.layers import einsum
 from circuits.models.sharding import host_array
-from circuits.models.transformer import Transformer
+from circuits.models.transformer import Transformer, reading_jit
 
 ATTENTION_SCORES = {
     "prefix_matching": induction_targets,
@@ -49,7 +48,7 @@ def _as_data(model: Transformer, tokens, seeds: tuple[int, ...]) -> list[tuple[n
     return [(tokens, f"{tokens.shape[0]} given sequences of {tokens.shape[1]} tokens", 0)]
 
 
-@nnx.jit
+@reading_jit
 def _attention_share_sums(model: Transformer, tokens: jax.Array) -> dict[str, tuple[jax.Array, jax.Array]]:
     _, captured = model.forward(tokens, capture=("attn_pattern",))
     patterns = captured["attn_pattern"]
@@ -103,7 +102,7 @@ def duplicate_token_scores(model: Transformer, tokens=None, *, seeds: tuple[int,
     return attention_scores(model, tokens, seeds=seeds)["duplicate_token"]
 
 
-@functools.partial(nnx.jit, static_argnames=("positions",))
+@functools.partial(reading_jit, static_argnames=("positions",))
 def _direct_copying(model: Transformer, tokens: jax.Array, positions: tuple[int, ...]) -> jax.Array:
     _, captured = model.forward(tokens, capture=("attn_pattern", "z"))
     query = jnp.asarray(positions)

@@ -215,6 +215,20 @@ def report_failure(message: str) -> None:
     os.write(_terminal, f"error: {message}\n".encode())
 
 
+def _collect_abandoned_reads() -> None:
+    """Collect the coroutines a failed Orbax read leaves behind, now and without a word: their event loop is
+    closed, so each would otherwise report "Exception ignored" (an unraisable exception) whenever the garbage
+    collector next finds it, long after the one-line error that already said what failed."""
+    import gc
+
+    hook = sys.unraisablehook
+    sys.unraisablehook = lambda unraisable: None
+    try:
+        gc.collect()
+    finally:
+        sys.unraisablehook = hook
+
+
 @contextlib.contextmanager
 def library_noise_held():
     """Hold what is written to file descriptor 2 (Orbax's and TensorStore's threads print tracebacks there when a
@@ -230,6 +244,7 @@ def library_noise_held():
         try:
             yield
         except BaseException:
+            _collect_abandoned_reads()
             os.dup2(os.open(os.devnull, os.O_WRONLY) if _terminal is not None else saved, 2)
             raise
         else:

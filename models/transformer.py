@@ -17,6 +17,11 @@ from circuits.models.layers import MLP, create_params, einsum, rms_norm
 from circuits.models.layout import PARAMS
 from circuits.models.rope import layer_rotary_tables
 
+reading_jit = functools.partial(nnx.jit, graph_updates=False)
+"""``nnx.jit`` for functions that only read a model: without graph updates the compiled program does not return
+the model's state, so no call writes a second copy of the weights back into the model (plain ``nnx.jit`` returns
+every parameter and swaps the copies in, doubling the weights' memory for the length of each call)."""
+
 
 class DecoderBlock(nnx.Module):
     """Pre-norm block: ``x + attn(norm(x))`` then ``x + mlp(norm(x))`` (no MLP when attention-only); with
@@ -169,7 +174,10 @@ class Transformer(nnx.Module):
         :meth:`forward`; ideal copies are not supported here).
 
         ``first_layer`` may be traced: one compiled program serves every start layer (a ``fori_loop``
-        over dynamically indexed layer parameters), e.g. for sweeps that reuse a clean prefix.
+        over dynamically indexed layer parameters), e.g. for sweeps that reuse a clean prefix. Under
+        differentiation each layer is recomputed in the backward pass, which then keeps only each layer's input
+        residual: saving the layer's intermediates would also save its indexed parameters, a stacked second copy
+        of every block's weights.
         """
         if interventions is not None and interventions.copy_heads is not None:
             raise ValueError("run_layers_from does not support ideal-copy interventions; use forward")
@@ -180,6 +188,7 @@ class Transformer(nnx.Module):
         def layer_slice(tree, layer):
             return jax.tree.map(lambda a: jax.lax.dynamic_index_in_dim(a, layer, keepdims=False), tree)
 
+        @functools.partial(jax.checkpoint, prevent_cse=False)  # no effect without differentiation
         def body(layer, x):
             block = nnx.merge(graphdef, layer_slice(state, layer))
             here = layer_slice(geometry, layer)
@@ -247,6 +256,6 @@ def _check_tokens(tokens, config: ModelConfig) -> jax.Array:
     return jnp.asarray(array, dtype=jnp.int32)
 
 
-@functools.partial(nnx.jit, static_argnames=("capture",))
+@functools.partial(reading_jit, static_argnames=("capture",))
 def _jitted_forward(model: Transformer, tokens, interventions, capture):
     return model.forward(tokens, interventions, capture)

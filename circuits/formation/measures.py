@@ -21,14 +21,13 @@ import dataclasses
 import jax
 import jax.numpy as jnp
 import numpy as np
-from flax import nnx
 
 from circuits.analysis.composition import composition_scores
 from circuits.analysis.targets import attention_share, previous_token_targets
 from circuits.formation.clamps import Clamp
 from circuits.formation.tasks import TaskBatch
 from circuits.models.layers import einsum, rms_norm
-from circuits.models.transformer import Transformer
+from circuits.models.transformer import Transformer, reading_jit
 
 
 def query_losses(model: Transformer, batch: TaskBatch, clamp: Clamp, capture: tuple[str, ...] = ()):
@@ -149,7 +148,7 @@ def measure(model: Transformer, batch: TaskBatch, clamp: Clamp, step: int, evalu
 def evaluate_fn(clamp: Clamp):
     """A jitted ``(model, batch) -> (loss, correct [B, T], {measure name: f32[N]})`` for ``clamp``."""
 
-    @nnx.jit
+    @reading_jit
     def evaluate(model: Transformer, batch: TaskBatch):
         loss, correct, captured = query_losses(model, batch, clamp, ("attn_pattern", "resid_pre", "resid_post"))
         measures = attention_measures(captured["attn_pattern"], batch)

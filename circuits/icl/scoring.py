@@ -14,14 +14,13 @@ from typing import Callable
 import jax
 import jax.numpy as jnp
 import numpy as np
-from flax import nnx
 
 from circuits.analysis.losses import token_losses
 from circuits.analysis.targets import attention_share
 from circuits.icl.tasks import CATEGORIES, LABELS, Prompt, pattern_matching_lines
 from circuits.models.interventions import Interventions
 from circuits.models.sharding import host_array
-from circuits.models.transformer import Transformer
+from circuits.models.transformer import Transformer, reading_jit
 
 Encode = Callable[[str], list[int]]
 """text -> token ids (no BOS), e.g. ``lambda s: tokenizer.encode(s).ids``."""
@@ -57,7 +56,7 @@ def encode_prompts(encode: Encode, prompts: list[Prompt], labels: tuple[str, ...
     return LabelBatch(tokens, label_mask, np.array([p.answer for p in prompts]), len(labels))
 
 
-@nnx.jit
+@reading_jit
 def _label_log_likelihood(model: Transformer, tokens, label_mask, interventions) -> jax.Array:
     logits, _ = model.forward(tokens, interventions)
     return -(token_losses(logits, tokens) * label_mask).sum(-1)
@@ -129,7 +128,7 @@ def pattern_matching_batch(encode: Encode, bos: int, n_lines: int = 24, seeds: t
     return tokens, targets
 
 
-@nnx.jit
+@reading_jit
 def _pattern_shares(model: Transformer, tokens, targets) -> jax.Array:
     _, captured = model.forward(tokens, capture=("attn_pattern",))
     return attention_share(captured["attn_pattern"], targets)

@@ -2,6 +2,7 @@
 
 import dataclasses
 
+import jax
 import jax.numpy as jnp
 import numpy as np
 import pytest
@@ -259,3 +260,28 @@ def test_row_chunks_change_no_result(model, monkeypatch):
     assert batching.rows_per_pass(4, 10) == 1
     for chunked, full in zip(measure(), whole):
         np.testing.assert_allclose(chunked, full, rtol=1e-5, atol=1e-6)
+
+
+def test_measurements_never_hold_a_second_copy_of_the_weights(tokens):
+    """A forward keeps the model's own parameter arrays (a jitted call that returned the model's state would swap in
+    fresh copies, two copies of the weights for its length), and a backward pass through the layers keeps no
+    stacked copy of the blocks' weights (only each layer's input residual)."""
+    from flax import nnx
+
+    from circuits.analysis.ablation import SweepData, _intervention_base, _loss_sum_gradients
+    from circuits.analysis.attention import attention_scores
+
+    wide = random_transformer(seed=4, n_layers=4, d_model=64, d_mlp=256, n_heads=4, n_kv_heads=2, head_dim=16, vocab_size=VOCAB)
+    before = {path: variable[...] for path, variable in nnx.iter_graph(wide) if isinstance(variable, nnx.Param)}
+    wide(tokens)
+    attention_scores(wide, tokens)
+    sweep_losses(wide, tokens, np.arange(23) >= 10, ablate=one_head_each(wide.config)[:2], show_progress=False)
+    after = {path: variable[...] for path, variable in nnx.iter_graph(wide) if isinstance(variable, nnx.Param)}
+    assert all(after[path] is array for path, array in before.items())
+
+    data = SweepData.make(tokens[:1, :8], np.arange(7) >= 3)
+    graphdef, state = nnx.split(wide)
+    base = _intervention_base(wide.config, one_head_each(wide.config), None, None, None)
+    compiled = _loss_sum_gradients.lower(graphdef, state, data, base, jnp.int32(0), 1).compile()
+    block_bytes = sum(leaf.nbytes for leaf in jax.tree.leaves(nnx.state(wide.blocks)))
+    assert compiled.memory_analysis().temp_size_in_bytes < block_bytes / 2  # at most one layer's weights at a time
