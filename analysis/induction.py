@@ -45,6 +45,8 @@ layers, and that score is anti-correlated with induction.
 from __future__ import annotations
 
 import dataclasses
+import functools
+from typing import Any
 
 import jax
 import jax.numpy as jnp
@@ -57,15 +59,17 @@ from circuits.analysis.composition import (
     composition_tensors,
     default_product_dtype,
     later_norms,
+    product_compute_dtype,
     rotate_keys,
 )
 from circuits.analysis.context import ContextProtocol, HeadContext, context_shares, layer_context, layer_window
 from circuits.analysis.methods import METHODS, SHARE_METHODS
 from circuits.analysis.ov import copying_score, ov_copying_scores, ov_eigenvalues
+from circuits.analysis.phases import phase
 from circuits.analysis.results import CompositionScores, HeadScores
 from circuits.analysis.rope import DEFAULT_OFFSETS, layer_rope_averages, rope_average
 from circuits.analysis.standins import DEFAULT_BLOWUP, DEFAULT_TOKENS, TokenStandins, mean_field_attention, sample_token_ids
-from circuits.analysis.weights import AttentionWeights, Preprocessing, WeightReader, fold_qk_norm, gram_factor
+from circuits.analysis.weights import AttentionWeights, Preprocessing, WeightReader, fold_qk_norm
 from circuits.models.layers import einsum
 from circuits.models.layout import TensorSource
 from circuits.utils import head_label, progress, rounded_list
@@ -134,12 +138,12 @@ def token_k_composition(
 class EarlierHeads:
     """What a streaming pass keeps of earlier layers, stacked over a block of A = layers * K KV heads.
 
-    wo [A, G, D, M] (product dtype), value_factor [A, D, D] (L_V L_V^T = W_V^T W_V), ov_norm [A, G]
-    (||W_V W_O||_F), values [n, A, D] (stand-ins through W_V).
+    wo [A, G, D, M] (product dtype), value_gram [A, D, D] (W_V^T W_V), ov_norm [A, G] (||W_V W_O||_F), values
+    [n, A, D] (stand-ins through W_V).
     """
 
     wo: jax.Array
-    value_factor: jax.Array
+    value_gram: jax.Array
     ov_norm: jax.Array
     values: jax.Array
 
@@ -147,12 +151,11 @@ class EarlierHeads:
 @jax.tree_util.register_dataclass
 @dataclasses.dataclass(frozen=True)
 class LaterHeads:
-    """The reading layer: wk [M, K, D] (W_K R_bar^T, product dtype), query_factor [K, G, D, D]
-    (L_Q L_Q^T = W_Q^T W_Q), qk_norm [K, G] (||W_Q R_bar W_K^T||_F), queries [n, K, G, D] (stand-ins
-    through W_Q, zero rows for dropped tokens)."""
+    """The reading layer: wk [M, K, D] (W_K R_bar^T, product dtype), query_gram [K, G, D, D] (W_Q^T W_Q), qk_norm
+    [K, G] (||W_Q R_bar W_K^T||_F), queries [n, K, G, D] (stand-ins through W_Q, zero rows for dropped tokens)."""
 
     wk: jax.Array
-    query_factor: jax.Array
+    query_gram: jax.Array
     qk_norm: jax.Array
     queries: jax.Array
 
@@ -164,10 +167,10 @@ def _einsum(spec: str, *operands: jax.Array) -> jax.Array:
 @jax.jit
 def _earlier_heads(w: AttentionWeights, standins: jax.Array) -> EarlierHeads:
     """One layer's EarlierHeads (A = K) from its weights and its stand-ins f32[n, M]."""
-    value_factor = gram_factor(_einsum("mkd,mke->kde", w.wv, w.wv))
+    value_gram = _einsum("mkd,mke->kde", w.wv, w.wv)
     ov_norm = later_norms(w, "v").reshape(w.wo.shape[:2])
     values = _einsum("nm,mkd->nkd", standins, w.wv) + (0.0 if w.bv is None else w.bv)
-    return EarlierHeads(w.wo, value_factor, ov_norm, values)
+    return EarlierHeads(w.wo, value_gram, ov_norm, values)
 
 
 @jax.jit
@@ -184,10 +187,10 @@ def _output_rms(heads: EarlierHeads, keep: jax.Array) -> jax.Array:
 def _later_heads(w: AttentionWeights, standins: jax.Array) -> LaterHeads:
     """The reading layer's LaterHeads; ``w.wk`` must already be RoPE-averaged (:func:`rotate_keys`) and QK-norm
     folded in (:func:`fold_qk_norm`). The stand-ins' queries include the query bias."""
-    query_factor = gram_factor(_einsum("mkgd,mkge->kgde", w.wq, w.wq))
+    query_gram = _einsum("mkgd,mkge->kgde", w.wq, w.wq)
     qk_norm = later_norms(w, "k").reshape(w.wq.shape[1:3])
     queries = _einsum("nm,mkgd->nkgd", standins, w.wq) + (0.0 if w.bq is None else w.bq)
-    return LaterHeads(w.wk, query_factor, qk_norm, queries)
+    return LaterHeads(w.wk, query_gram, qk_norm, queries)
 
 
 PREVIOUS_TOKEN_OFFSETS = 32
@@ -221,40 +224,75 @@ def _previous_token_preference(
     return jax.nn.softmax(logits, axis=0)[1]
 
 
-@jax.jit
-def _edge_terms(earlier: EarlierHeads, later: LaterHeads, keep: jax.Array, scale: float) -> tuple[jax.Array, jax.Array, jax.Array]:
+def _matmul(a: jax.Array, b: jax.Array) -> jax.Array:
+    """A (batched) 2-D matrix product in float32, full precision: XLA's CPU backend runs these as whole GEMMs, where
+    einsums with batch axes between free ones run several times slower."""
+    return jnp.matmul(a, b, precision=jax.lax.Precision.HIGHEST, preferred_element_type=jnp.float32)
+
+
+@functools.partial(jax.jit, static_argnames=("compute_dtype",))
+def _edge_terms(earlier: EarlierHeads, later: LaterHeads, keep: jax.Array, scale: float, compute_dtype: str = "float32"
+                ) -> tuple[jax.Array, jax.Array, jax.Array]:
     """(K-composition, token z-score, token logit gain in nats), each f32[A, G, K, G'], of every earlier head
     (a, g) into every later head (k, g'); ``keep`` bool[n] marks the stand-ins in use; ``scale``: the model's
-    factor on attention logits (turns the gain into nats)."""
-    dtype = earlier.wo.dtype
-    output_key = _einsum("agdm,mke->agkde", earlier.wo, later.wk.astype(dtype))  # P = W_O^j W_K'^i: the M-long product
+    factor on attention logits (turns the gain into nats); ``compute_dtype``: what the M-long product's inputs
+    (stored in the product dtype) are widened to, see :func:`~circuits.analysis.composition.product_compute_dtype`.
 
-    left = _einsum("adx,agkdy->agkxy", earlier.value_factor, output_key)  # ||L_V^T P L_Q||_F
-    k_composition = jnp.sqrt(jnp.sum(jnp.square(_einsum("agkxy,khyz->agkhxz", left, later.query_factor)), axis=(-2, -1)))
-    k_composition = k_composition / jnp.maximum(earlier.ov_norm[:, :, None, None] * later.qk_norm[None, None], 1e-30)
+    Both quadratic terms are traces ``tr(P^T S P T) = <S P, P T>`` of the product P with a Gram pair (S, T):
+    (W_V^T W_V, W_Q^T W_Q) gives ||L_V^T P L_Q||_F^2 (K-composition), the stand-ins' (V^T V, Q^T Q) gives sum C^2.
+    """
+    n_a, n_g, d, m = earlier.wo.shape
+    n_k, n_h = later.query_gram.shape[:2]
+    wo = earlier.wo.astype(compute_dtype).reshape(n_a * n_g * d, m)
+    wk = later.wk.astype(compute_dtype).reshape(m, n_k * d)
+    output_key = _matmul(wo, wk).reshape(n_a, n_g, d, n_k, d)  # P = W_O^j W_K'^i: the M-long product, [a g d k e]
 
     weight = keep.astype(jnp.float32)
     count = jnp.maximum(weight.sum(), 1.0)
     values = earlier.values * weight[:, None, None]
     queries = later.queries * weight[:, None, None, None]
-    diagonal = _einsum("akhde,agkde->agkh", _einsum("nad,nkhe->akhde", values, queries), output_key) / count
-    mean = _einsum("ad,agkde,khe->agkh", values.sum(0) / count, output_key, queries.sum(0) / count)
-    # sum_ab C_ab^2 = trace(P^T (V^T V) P (Q^T Q)) = <(V^T V) P, P (Q^T Q)>
-    value_gram_key = _einsum("ade,agkef->agkdf", _einsum("nad,nae->ade", values, values), output_key)
-    key_query_gram = _einsum("agkde,khef->agkhdf", output_key, _einsum("nkhd,nkhe->khde", queries, queries))
-    second_moment = _einsum("agkdf,agkhdf->agkh", value_gram_key, key_query_gram) / count**2
-    std = jnp.sqrt(jnp.maximum(second_moment - mean**2, 1e-30))
+    left_grams = jnp.stack([earlier.value_gram, _einsum("nad,nae->ade", values, values)], axis=1)  # [a s d' d]
+    right_grams = jnp.stack([later.query_gram, _einsum("nkhd,nkhe->khde", queries, queries)], axis=2)  # [k h s e f]
+    by_kv = output_key.transpose(3, 0, 1, 2, 4).reshape(n_k, n_a * n_g * d, d)  # [k, (a g d), e]
+    right = _matmul(by_kv, right_grams.transpose(0, 3, 1, 2, 4).reshape(n_k, d, n_h * 2 * d))  # P T: [k, (a g d), (h s f)]
+    by_value = output_key.transpose(0, 2, 1, 3, 4).reshape(n_a, d, n_g * n_k * d)  # [a, d, (g k e)]
+    left = _matmul(left_grams.reshape(n_a, 2 * d, d), by_value)  # S P: [a, (s d'), (g k e)]
+    traces = _einsum("asdgke,kagdhse->sagkh", left.reshape(n_a, 2, d, n_g, n_k, d),
+                     right.reshape(n_k, n_a, n_g, d, n_h, 2, d))
+    k_composition = jnp.sqrt(jnp.maximum(traces[0], 0.0))
+    k_composition = k_composition / jnp.maximum(earlier.ov_norm[:, :, None, None] * later.qk_norm[None, None], 1e-30)
+
+    cross = _matmul(values.reshape(-1, n_a * d).T, queries.reshape(-1, n_k * n_h * d))  # sum_n v q^T: [(a d), (k h e)]
+    diagonal = _einsum("adkhe,agdke->agkh", cross.reshape(n_a, d, n_k, n_h, d), output_key) / count
+    mean = _einsum("ad,agdke,khe->agkh", values.sum(0) / count, output_key, queries.sum(0) / count)
+    std = jnp.sqrt(jnp.maximum(traces[1] / count**2 - mean**2, 1e-30))
     gain = (diagonal - mean) * scale
     return k_composition, (diagonal - mean) / std, gain
+
+
+CALL_FLOP = 2e9
+"""Work one call of :func:`_edge_terms` should at least do (about 15 ms here), so that dispatch costs little."""
+
+
+def _layers_per_call(config) -> int:
+    """Earlier layers per :func:`_edge_terms` call: enough for :data:`CALL_FLOP` on small models, one on large
+    ones (a call always runs a full block, and the last block of each reading layer is padded: small blocks waste
+    little), and never an intermediate product beyond ``CHUNK_BYTES``."""
+    n, k, d, m = config.n_heads, config.n_kv_heads, config.head_dim, config.d_model
+    per_layer_flop = 2 * n * k * d * d * m + 2 * n * k * (n // k) * 2 * d**3  # the product P and its two Gram traces
+    per_layer_bytes = 2 * n * k * (n // k) * d * d * 4  # the P T products
+    return max(1, min(int(CALL_FLOP // per_layer_flop) + 1, CHUNK_BYTES // per_layer_bytes, config.n_layers - 1))
 
 
 def _stack_block(blocks: list[EarlierHeads], size: int) -> EarlierHeads:
     """``blocks`` (one per layer) concatenated and zero-padded to ``size`` layers, so that one compiled
     program serves every block (padded heads score 0)."""
+    if len(blocks) == size == 1:
+        return blocks[0]
     blocks = blocks + [jax.tree.map(jnp.zeros_like, blocks[0])] * (size - len(blocks))
     return EarlierHeads(
         wo=jnp.concatenate([b.wo for b in blocks]),
-        value_factor=jnp.concatenate([b.value_factor for b in blocks]),
+        value_gram=jnp.concatenate([b.value_gram for b in blocks]),
         ov_norm=jnp.concatenate([b.ov_norm for b in blocks]),
         values=jnp.concatenate([b.values for b in blocks], axis=1),
     )
@@ -424,11 +462,14 @@ def _predict_token_level(
     product_dtype = product_dtype or default_product_dtype(reader)
     preprocessing = dataclasses.replace(reader.preprocessing, product_dtype=product_dtype, rope_offsets=settings.rope_offsets)
     layer_rotations = [None if r is None else jnp.asarray(r) for r in layer_rope_averages(config, settings.rope_offsets)]
-    standins = TokenStandins(
-        reader, sample_token_ids(config.vocab_size, settings.n_tokens, settings.token_seed), settings.blowup, product_dtype,
-        track_first=settings.mean_field,
-    )
-    unembed_embed = reader.unembed_embed_product()
+    flop = _PhaseFlop(config, settings.n_tokens)
+    with phase("stand-ins: embeddings") as done:
+        standins = done(TokenStandins(
+            reader, sample_token_ids(config.vocab_size, settings.n_tokens, settings.token_seed), settings.blowup, product_dtype,
+            track_first=settings.mean_field,
+        ))
+    with phase("W_U W_E (OV diagnostic)", flop.unembed_embed) as done:
+        unembed_embed = done(reader.unembed_embed_product())
     eigenvalues = np.zeros((n_layers, n_heads, d), np.complex128)
     k_composition = np.zeros((n_layers, n_heads, n_layers, n_heads), np.float32)
     token_z = np.zeros_like(k_composition)
@@ -442,42 +483,47 @@ def _predict_token_level(
     context_tables = {kind: offset_rotations(config, kind, protocol.tokens) for kind in set(config.layer_kinds)} if settings.mean_field else {}
     contexts: list[HeadContext] = []
     scale = config.attention_scale
-    per_layer_bytes = n_heads * d * n_heads * d * 4
-    block = max(1, min(CHUNK_BYTES // per_layer_bytes, n_layers - 1))
+    compute_dtype = product_compute_dtype(product_dtype)
+    block = _layers_per_call(config)
     earlier: list[EarlierHeads] = []
     task = -1  # blocks of layer pairs, split round-robin over the processes of a multi-process run
     for layer in progress(range(n_layers), "induction circuits (weights)", enabled=show_progress):
         x, keep = standins.current()
         keep = jnp.asarray(keep)
-        raw = reader.attention(layer)
+        with phase("read attention weights") as done:
+            raw = done(reader.attention(layer))
         if settings.mean_field:
             context = layer_context(raw, x, keep, standins.first(), context_tables[config.layer_kinds[layer]], scale, config.rms_norm_eps)
             shares = context_shares(context, jnp.zeros(context.itself.shape), protocol, layer_window(config, layer))
             contexts.append(context)
             previous_token[layer] = np.asarray(shares["previous"]).reshape(-1)
         w = fold_qk_norm(raw, x)
-        eigenvalues[layer] = ov_eigenvalues(unembed_embed, w.wv, w.wo)
-        unrotated_keys, key_bias = w.wk, w.bk
-        w = rotate_keys(w, layer_rotations[layer])
-        later = _later_heads(w, x)
-        if not settings.mean_field:
-            previous_token[layer] = np.asarray(_previous_token_preference(later.queries, unrotated_keys, key_bias, x, keep,
-                                                                              offset_tables[config.layer_kinds[layer]], scale)).reshape(-1)
-        later = dataclasses.replace(later, wk=later.wk.astype(product_dtype))
+        with phase("OV eigenvalues", flop.ov_eigenvalues):
+            eigenvalues[layer] = ov_eigenvalues(unembed_embed, w.wv, w.wo)
+        with phase("reading heads: Grams, queries", flop.later_heads) as done:
+            unrotated_keys, key_bias = w.wk, w.bk
+            w = rotate_keys(w, layer_rotations[layer])
+            later = _later_heads(w, x)
+            if not settings.mean_field:
+                previous_token[layer] = np.asarray(_previous_token_preference(later.queries, unrotated_keys, key_bias, x, keep,
+                                                                                  offset_tables[config.layer_kinds[layer]], scale)).reshape(-1)
+            later = done(dataclasses.replace(later, wk=later.wk.astype(product_dtype)))
         for start in range(0, layer, block):
             task += 1
             if task % distributed.process_count() != distributed.process_index():
                 continue  # another process computes this block of layer pairs
             stop = min(start + block, layer)
-            composition, z, gain = _edge_terms(_stack_block(earlier[start:stop], block), later, keep, scale)
+            with phase("edge terms: P = W_O W_K and its traces", flop.edge_terms * block) as done:
+                composition, z, gain = done(_edge_terms(_stack_block(earlier[start:stop], block), later, keep, scale, compute_dtype))
             real = (stop - start) * n_kv
             k_composition[start:stop, :, layer, :] = np.asarray(composition[:real]).reshape(stop - start, n_heads, n_heads)
             token_z[start:stop, :, layer, :] = np.asarray(z[:real]).reshape(stop - start, n_heads, n_heads)
             token_gain[start:stop, :, layer, :] = np.asarray(gain[:real]).reshape(stop - start, n_heads, n_heads)
-        heads = _earlier_heads(w, x)
-        output_rms[layer] = np.asarray(_output_rms(heads, keep)).reshape(-1)
-        residual_rms[layer] = standins.residual_rms
-        earlier.append(dataclasses.replace(heads, wo=heads.wo.astype(product_dtype)))
+        with phase("writing heads: Grams, values", flop.earlier_heads) as done:
+            heads = _earlier_heads(w, x)
+            output_rms[layer] = np.asarray(_output_rms(heads, keep)).reshape(-1)
+            residual_rms[layer] = standins.residual_rms
+            earlier.append(done(dataclasses.replace(heads, wo=heads.wo.astype(product_dtype))))
         if settings.mean_field:
             first_value = _einsum("m,mkd->kd", standins.first(), w.wv) + (0.0 if w.bv is None else w.bv)
             post_gain, wo = ((reader.gain("post_attn_norm", layer), reader.raw_output_weights(layer)) if config.block.post_norms
@@ -485,10 +531,12 @@ def _predict_token_level(
             outputs, first_output, layer_output_rms[layer] = mean_field_attention(heads.values, keep, first_value, wo, shares, post_gain,
                                                                                    config.rms_norm_eps)
             standins.attend(outputs, first_output)
-        standins.advance()
+        with phase("stand-ins: MLP blocks", flop.mlp) as done:
+            done(standins.advance())
     k_composition, token_z, token_gain = (distributed.sum_over_processes(terms) for terms in (k_composition, token_z, token_gain))
     rotation = None if settings.rope_offsets is None else jnp.asarray(rope_average(config, settings.rope_offsets))
-    baseline = composition_baseline(config, "k", rotation=rotation)  # full-attention layers' RoPE
+    with phase("K-composition baseline (random layers)"):
+        baseline = composition_baseline(config, "k", rotation=rotation)  # full-attention layers' RoPE
     k_scores = CompositionScores("k", k_composition, *baseline, preprocessing)
     ov = HeadScores("ov_copying", copying_score(eigenvalues).astype(np.float32), preprocessing)
     predicted = None
@@ -508,6 +556,46 @@ def _predict_token_level(
     previous = HeadScores("previous_token_preference", previous_token, preprocessing)
     return _assemble(settings, ov, k_scores, token_z, edge_strength.astype(np.float32), preprocessing, n_edges, previous, token_gain,
                      predicted)
+
+
+@dataclasses.dataclass(frozen=True)
+class _PhaseFlop:
+    """Floating-point operations of each phase of the streaming pass (multiply-adds count 2), for
+    :mod:`~circuits.analysis.phases`; per layer unless said otherwise."""
+
+    config: Any
+    n_tokens: int
+
+    @property
+    def unembed_embed(self) -> float:  # once
+        return 2.0 * self.config.d_model**2 * self.config.vocab_size
+
+    @property
+    def ov_eigenvalues(self) -> float:
+        c = self.config
+        return 2.0 * c.d_model**2 * c.n_kv_heads * c.head_dim + 2.0 * c.n_heads * c.head_dim**2 * c.d_model
+
+    @property
+    def later_heads(self) -> float:
+        c = self.config
+        return 2.0 * c.d_model * c.n_heads * c.head_dim * (self.n_tokens + c.head_dim) + 2.0 * c.d_model * c.n_kv_heads * c.head_dim**2
+
+    @property
+    def earlier_heads(self) -> float:
+        c = self.config
+        return 2.0 * c.d_model * c.n_kv_heads * c.head_dim * (self.n_tokens + c.head_dim) + 2.0 * c.n_heads * c.head_dim**2 * c.d_model
+
+    @property
+    def mlp(self) -> float:
+        c = self.config
+        return 0.0 if c.attention_only else 6.0 * self.n_tokens * c.d_model * c.d_mlp
+
+    @property
+    def edge_terms(self) -> float:  # one earlier layer against one reading layer
+        c = self.config
+        d, pairs = c.head_dim, c.n_heads * c.n_kv_heads
+        product, traces = 2.0 * pairs * d * d * c.d_model, 2.0 * 2 * pairs * (c.n_heads // c.n_kv_heads + 1) * d**3
+        return product + traces + 2.0 * self.n_tokens * c.n_kv_heads * d * c.n_heads * d  # and the stand-ins' cross Gram
 
 
 def _gain_scale(config, output_rms: np.ndarray, residual_rms: np.ndarray) -> np.ndarray:

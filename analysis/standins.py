@@ -25,6 +25,7 @@ import jax
 import jax.numpy as jnp
 import numpy as np
 
+from circuits.analysis.composition import product_compute_dtype
 from circuits.analysis.weights import MLPWeights, WeightReader
 from circuits.models.layers import ACTIVATION_FUNCTIONS, rms_norm
 
@@ -49,15 +50,17 @@ def _rms_normalise(x: jax.Array, eps: float) -> jax.Array:
     return x * jax.lax.rsqrt(jnp.mean(jnp.square(x), axis=-1, keepdims=True) + eps)
 
 
-@functools.partial(jax.jit, static_argnames=("activation",))
-def _mlp_step(x: jax.Array, mlp: MLPWeights, eps: float, activation: str) -> jax.Array:
+@functools.partial(jax.jit, static_argnames=("activation", "compute_dtype"))
+def _mlp_step(x: jax.Array, mlp: MLPWeights, eps: float, activation: str, compute_dtype: str = "float32") -> jax.Array:
     """x + post_norm(MLP(RMSNorm(x))) for x f32[n, M], as the block computes it (the post-norm only with
-    ``BlockSpec.post_norms``); products in the weights' dtype, accumulated in float32."""
+    ``BlockSpec.post_norms``); products with inputs in the weights' dtype, accumulated in float32 (inputs widened
+    to ``compute_dtype`` where that runs faster: :func:`~circuits.analysis.composition.product_compute_dtype`)."""
     hidden = _rms_normalise(x, eps) * mlp.norm
     dtype = mlp.w_gate.dtype
 
     def dot(a, b):
-        return jnp.dot(a.astype(dtype), b, preferred_element_type=jnp.float32, precision=jax.lax.Precision.HIGHEST)
+        return jnp.dot(a.astype(dtype).astype(compute_dtype), b.astype(compute_dtype), preferred_element_type=jnp.float32,
+                       precision=jax.lax.Precision.HIGHEST)
 
     out = dot(ACTIVATION_FUNCTIONS[activation](dot(hidden, mlp.w_gate)) * dot(hidden, mlp.w_up), mlp.w_down)
     return x + (out if mlp.post_norm is None else _rms_normalise(out, eps) * mlp.post_norm)
@@ -131,15 +134,18 @@ class TokenStandins:
         self._attended = self._attended + outputs
         self._first = self._first + first_output
 
-    def advance(self) -> None:
-        """Apply the current layer's MLP block (nothing for attention-only models) and move to the next layer."""
+    def advance(self) -> jax.Array:
+        """Apply the current layer's MLP block (nothing for attention-only models) and move to the next layer;
+        returns the stand-ins' new residual f32[n, M] (before mean-field attention and normalisation)."""
         config = self.reader.config
         if not config.attention_only:
             mlp = self.reader.mlp(self.layer)
             mlp = dataclasses.replace(
                 mlp, **{name: getattr(mlp, name).astype(self.product_dtype) for name in ("w_gate", "w_up", "w_down")}
             )
-            self._residual = _mlp_step(self._residual, mlp, config.rms_norm_eps, config.block.activation)
+            compute = product_compute_dtype(self.product_dtype)
+            self._residual = _mlp_step(self._residual, mlp, config.rms_norm_eps, config.block.activation, compute)
             if self.track_first:
-                self._first = _mlp_step(self._first, mlp, config.rms_norm_eps, config.block.activation)
+                self._first = _mlp_step(self._first, mlp, config.rms_norm_eps, config.block.activation, compute)
         self.layer += 1
+        return self._residual
