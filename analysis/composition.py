@@ -57,8 +57,9 @@ def squared_product_norms(left: jax.Array, w: AttentionWeights, kind: str, produ
                           compute_dtype: str = "float32") -> jax.Array:
     """||A_j B_i||_F^2 [J, N] for earlier-head factors ``left`` [J, D, M] and every head i of layer ``w``.
 
-    The M-long contractions (the costly ones) take their inputs in ``product_dtype`` and always
-    accumulate in float32; everything else is float32.
+    The M-long contractions (the costly ones) take their inputs in ``product_dtype`` (widened to ``compute_dtype``
+    for the product, see :func:`product_compute_dtype`) and always accumulate in float32; everything else is
+    float32.
     """
     def contract(spec, a, b):
         return einsum(spec, a.astype(product_dtype).astype(compute_dtype), b.astype(product_dtype).astype(compute_dtype),

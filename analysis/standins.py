@@ -139,10 +139,7 @@ class TokenStandins:
         returns the stand-ins' new residual f32[n, M] (before mean-field attention and normalisation)."""
         config = self.reader.config
         if not config.attention_only:
-            mlp = self.reader.mlp(self.layer)
-            mlp = dataclasses.replace(
-                mlp, **{name: getattr(mlp, name).astype(self.product_dtype) for name in ("w_gate", "w_up", "w_down")}
-            )
+            mlp = self.reader.mlp(self.layer, self.product_dtype)
             compute = product_compute_dtype(self.product_dtype)
             self._residual = _mlp_step(self._residual, mlp, config.rms_norm_eps, config.block.activation, compute)
             if self.track_first:

@@ -75,8 +75,9 @@ class WeightReader:
         self.config: ModelConfig = source.config
         self.preprocessing = Preprocessing(fold_norms, center_unembed, str(np.dtype(source.dtype)))
 
-    def _f32(self, name: str, layer: int | None = None) -> jax.Array:
-        return jnp.asarray(np.asarray(self.source.tensor(name, layer)), dtype=jnp.float32)
+    def _f32(self, name: str, layer: int | None = None, dtype: str = "float32") -> jax.Array:
+        """Canonical tensor ``name`` (of ``layer``) as a device array in ``dtype`` (float32 unless asked)."""
+        return jnp.asarray(np.asarray(self.source.tensor(name, layer)), dtype=dtype)
 
     def gain(self, name: str, layer: int | None = None) -> jax.Array:
         """The effective gain f32[...] of norm ``name``: ``norm_offset + w`` (Gemma stores the offset from 1)."""
@@ -108,10 +109,12 @@ class WeightReader:
         self._release_pages()
         return wo
 
-    def mlp(self, layer: int) -> MLPWeights:
-        """Layer ``layer``'s MLP block in float32 (its norm gains kept separate: the stand-ins need the norms themselves)."""
+    def mlp(self, layer: int, dtype: str = "float32") -> MLPWeights:
+        """Layer ``layer``'s MLP block, its matrices in ``dtype`` (bfloat16 matrices of a bfloat16 checkpoint are
+        then never converted) and its norm gains in float32, kept separate: the stand-ins need the norms themselves."""
         post_norm = self.gain("post_mlp_norm", layer) if self.config.block.post_norms else None
-        weights = MLPWeights(self.gain("mlp_norm", layer), *(self._f32(name, layer) for name in ("w_gate", "w_up", "w_down")), post_norm)
+        matrices = (self._f32(name, layer, dtype) for name in ("w_gate", "w_up", "w_down"))
+        weights = MLPWeights(self.gain("mlp_norm", layer), *matrices, post_norm)
         self._release_pages()
         return weights
 

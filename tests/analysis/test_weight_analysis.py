@@ -194,3 +194,42 @@ def test_demo_model_really_does_induction():
     assert pattern[1, :, 0, 0, t, t - 39].mean() > 0.5
     nll = -np.take_along_axis(np.asarray(jax.nn.log_softmax(logits))[:, :-1], np.asarray(tokens)[:, 1:, None], -1)
     assert nll[:, 40:].mean() < nll[:, :40].mean() - 4
+
+
+def test_widened_bf16_products_equal_bf16_products():
+    """Operands stored in bfloat16 give the same edge terms whether the product runs on bf16 inputs or on the same
+    values widened to float32 (a product of two bf16 values is exact in float32; only the summation order differs)."""
+    import jax
+
+    from circuits.analysis.induction import EarlierHeads, LaterHeads, _edge_terms
+
+    keys = iter(jax.random.split(jax.random.key(0), 6))
+    a, g, k, h, d, m, n = 2, 2, 2, 3, 8, 64, 16
+
+    def normal(shape, dtype=jnp.float32):
+        return jax.random.normal(next(keys), shape, jnp.float32).astype(dtype)
+
+    earlier = EarlierHeads(normal((a, g, d, m), jnp.bfloat16), jnp.eye(d)[None].repeat(a, 0), jnp.ones((a, g)), normal((n, a, d)))
+    later = LaterHeads(normal((m, k, d), jnp.bfloat16), jnp.eye(d)[None, None].repeat(k, 0).repeat(h, 1), jnp.ones((k, h)),
+                       normal((n, k, h, d)))
+    keep = jnp.arange(n) < n - 3
+    narrow = _edge_terms(earlier, later, keep, 0.5, "bfloat16")
+    wide = _edge_terms(earlier, later, keep, 0.5, "float32")
+    for x, y in zip(narrow, wide):
+        np.testing.assert_allclose(np.asarray(x), np.asarray(y), rtol=1e-5, atol=1e-5)
+
+
+def test_phases_are_recorded_only_when_asked():
+    from circuits.analysis import phases
+    from circuits.analysis.induction import predict_induction
+
+    model = random_transformer(n_layers=3)
+    with phases.phase("outside", 10.0) as done:
+        assert done is not jnp.asarray and done(3) == 3
+    with phases.recording() as log:
+        predict_induction(model)
+    rows = {name: (seconds, flop, calls) for name, seconds, flop, calls in log.rows()}
+    assert "outside" not in rows
+    assert rows["stand-ins: MLP blocks"][2] == 3 and rows["read attention weights"][2] == 3
+    edge_seconds, edge_flop, edge_calls = rows["edge terms: P = W_O W_K and its traces"]
+    assert edge_calls >= 1 and edge_flop > 0 and edge_seconds > 0
