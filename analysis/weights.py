@@ -121,9 +121,18 @@ class WeightReader:
     def embed_rows(self, ids: np.ndarray) -> jax.Array:
         """Rows ``ids`` of the embedding as the forward reads them (times the embedding scale), f32[n, M]; only
         those rows are read."""
-        rows = np.asarray(self.source.tensor("embed")[np.asarray(ids)])
+        rows = self._vocab_rows("embed", np.asarray(ids))
         self._release_pages()
         return jnp.asarray(rows, jnp.float32) * self.embed_scale
+
+    def _vocab_rows(self, name: str, rows: slice | np.ndarray) -> np.ndarray:
+        """Rows (a slice or token ids) of ``embed`` [V, M], or the same columns of ``unembed`` [M, V] as rows
+        [v, M]: only those rows are read where the source can (a checkpoint's ``vocab_rows``)."""
+        read_rows = getattr(self.source, "vocab_rows", None)
+        if read_rows is not None:
+            return read_rows(name, rows)
+        tensor = self.source.tensor(name)
+        return np.asarray(tensor[rows] if name == "embed" else tensor[:, rows].T)
 
     def _release_pages(self) -> None:
         """Let a memory-mapped source unmap what was just copied, so streaming never accumulates the model."""
@@ -135,15 +144,13 @@ class WeightReader:
         """Yield (E chunk [v, M] as the forward reads it, embedding scale included; W_U chunk [M, v]) over the
         vocabulary, preprocessed, in float32."""
         vocab = self.config.vocab_size
-        embed = self.source.tensor("embed")
         tied = self.config.tie_embeddings
-        unembed = embed if tied else self.source.tensor("unembed")
         gain = self.gain("final_norm") if self.preprocessing.fold_norms else None
         for start in range(0, vocab, VOCAB_CHUNK):
             stop = min(start + VOCAB_CHUNK, vocab)
-            raw = jnp.asarray(np.asarray(embed[start:stop]), jnp.float32)
+            raw = jnp.asarray(self._vocab_rows("embed", slice(start, stop)), jnp.float32)
             e = raw * self.embed_scale
-            u = raw.T if tied else jnp.asarray(np.asarray(unembed[:, start:stop]), jnp.float32)
+            u = raw.T if tied else jnp.asarray(self._vocab_rows("unembed", slice(start, stop)), jnp.float32).T
             if gain is not None:
                 u = u * gain[:, None]
             self._release_pages()

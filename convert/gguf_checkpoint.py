@@ -254,6 +254,15 @@ class GGUFCheckpoint(TableCheckpoint):
                                   "convert the model to F16, BF16, Q8_0 or a K-quant GGUF") from err
         return np.asarray(array, dtype=np.float32).reshape(info.shape)
 
+    def _read_rows(self, name: str, rows: slice | np.ndarray) -> np.ndarray:
+        """Rows of matrix ``name`` dequantized to float32: only their blocks (a quantised row is whole blocks)."""
+        import gguf
+
+        info = self._tensors[name]
+        kind = gguf.GGMLQuantizationType(info.kind)
+        packed = self.file.raw(name, gguf.quants.quant_shape_to_byte_shape)[rows]
+        return np.asarray(gguf.quants.dequantize(packed, kind), dtype=np.float32).reshape(-1, info.shape[-1])
+
     def _kind(self, name: str) -> str:
         import gguf
 

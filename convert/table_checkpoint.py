@@ -117,6 +117,17 @@ class TableCheckpoint:
         view = tensor_rule.split(self._read(stored), self.config)[name]
         return self._finite(stored, np.array(view[index]))
 
+    def vocab_rows(self, name: str, rows: slice | np.ndarray) -> np.ndarray:
+        """Rows ``rows`` (a slice or token ids) of the stored [V, M] matrix behind canonical ``embed`` or ``unembed``
+        (every family stores both vocabulary-major), a new array [v, M] checked for NaN and infinite values; only
+        those rows are read (and dequantised), so a pass over the vocabulary never holds the whole matrix."""
+        stored = self._producer[name].stored_name
+        return self._finite(stored, np.array(self._read_rows(stored, rows)))
+
+    def _read_rows(self, stored: str, rows: slice | np.ndarray) -> np.ndarray:
+        """Rows of stored tensor ``stored``: cut from a memory-mapped read before anything is copied."""
+        return self._read(stored)[rows]
+
     def tensor(self, name: str, layer: int | None = None) -> np.ndarray:
         """Canonical tensor ``name`` (of ``layer`` for per-layer parameters)."""
         tensor_rule = self._producer[name]

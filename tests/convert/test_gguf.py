@@ -215,3 +215,30 @@ def test_provenance_names_the_format_and_one_handle_opens_the_file_once(tmp_path
     assert checkpoint.weights() is model  # ... which then serves the weight-only analysis (dequantised once)
     assert checkpoint.config == model.config
     assert len(opened) == 1
+
+
+@pytest.mark.parametrize("qtype", ["Q8_0", "Q4_K"])
+def test_vocabulary_rows_are_dequantised_alone(tmp_path, qtype, monkeypatch):
+    """A pass over the vocabulary reads (and dequantises) only the rows it asks for: they equal the same rows of the
+    whole dequantised matrix, for the embedding and the unembedding, by slice and by token ids."""
+    from circuits.analysis.weights import WeightReader
+    from circuits.convert import open_weights
+
+    raw = random_k_blocks(qtype) if qtype in K_QUANTS else None
+    write_gguf(tmp_path / "m.gguf", hf_model(), qtype, raw=raw)
+    source = open_weights(tmp_path / "m.gguf", show_progress=False)
+    ids = np.array([3, 17, 200, 255])
+    embed, unembed = np.asarray(source.tensor("embed")), np.asarray(source.tensor("unembed"))
+    whole_read = source._read
+
+    def refuse_whole_vocabulary(stored):
+        assert stored not in ("token_embd.weight", "output.weight"), f"{stored} dequantised whole"
+        return whole_read(stored)
+
+    monkeypatch.setattr(source, "_read", refuse_whole_vocabulary)
+    np.testing.assert_array_equal(source.vocab_rows("embed", slice(16, 80)), embed[16:80])
+    np.testing.assert_array_equal(source.vocab_rows("embed", ids), embed[ids])
+    np.testing.assert_array_equal(source.vocab_rows("unembed", slice(16, 80)), unembed[:, 16:80].T)
+    streamed = WeightReader(source).unembed_embed_product()
+    loaded = WeightReader(circuits.load(tmp_path / "m.gguf", show_progress=False)).unembed_embed_product()
+    np.testing.assert_allclose(np.asarray(streamed), np.asarray(loaded), rtol=1e-5, atol=1e-6)
