@@ -18,6 +18,7 @@ import jax
 import jax.numpy as jnp
 import numpy as np
 
+from circuits.analysis.phases import gemm_rate
 from circuits.analysis.results import CompositionScores
 from circuits.analysis.rope import layer_rope_averages, rope_average
 from circuits.analysis.weights import AttentionWeights, WeightReader, fold_qk_norm, gram_factor
@@ -109,18 +110,7 @@ def product_compute_dtype(product_dtype: str) -> str:
     two bfloat16 values is exact in float32, and both accumulate in float32. Timed once per process (about 0.1 s)."""
     if product_dtype == "float32":
         return product_dtype
-    import time
-
-    def seconds(dtype: str) -> float:
-        a = jnp.ones((1024, 1024), dtype)
-        product = jax.jit(lambda x: jnp.matmul(x, x, preferred_element_type=jnp.float32))
-        product(a).block_until_ready()
-        start = time.perf_counter()
-        for _ in range(3):
-            product(a).block_until_ready()
-        return time.perf_counter() - start
-
-    return "float32" if seconds("float32") < seconds(product_dtype) else product_dtype
+    return "float32" if gemm_rate("float32") > gemm_rate(product_dtype) else product_dtype
 
 
 def composition_tensors(

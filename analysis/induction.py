@@ -274,14 +274,13 @@ CALL_FLOP = 2e9
 """Work one call of :func:`_edge_terms` should at least do (about 15 ms here), so that dispatch costs little."""
 
 
-def _layers_per_call(config) -> int:
+def _layers_per_call(flop: "_PhaseFlop") -> int:
     """Earlier layers per :func:`_edge_terms` call: enough for :data:`CALL_FLOP` on small models, one on large
     ones (a call always runs a full block, and the last block of each reading layer is padded: small blocks waste
     little), and never an intermediate product beyond ``CHUNK_BYTES``."""
-    n, k, d, m = config.n_heads, config.n_kv_heads, config.head_dim, config.d_model
-    per_layer_flop = 2 * n * k * d * d * m + 2 * n * k * (n // k) * 2 * d**3  # the product P and its two Gram traces
-    per_layer_bytes = 2 * n * k * (n // k) * d * d * 4  # the P T products
-    return max(1, min(int(CALL_FLOP // per_layer_flop) + 1, CHUNK_BYTES // per_layer_bytes, config.n_layers - 1))
+    c = flop.config
+    per_layer_bytes = 2 * c.n_heads * c.n_kv_heads * (c.n_heads // c.n_kv_heads) * c.head_dim**2 * 4  # the P T products
+    return max(1, min(int(CALL_FLOP // flop.edge_terms) + 1, CHUNK_BYTES // per_layer_bytes, c.n_layers - 1))
 
 
 def _stack_block(blocks: list[EarlierHeads], size: int) -> EarlierHeads:
@@ -484,7 +483,7 @@ def _predict_token_level(
     contexts: list[HeadContext] = []
     scale = config.attention_scale
     compute_dtype = product_compute_dtype(product_dtype)
-    block = _layers_per_call(config)
+    block = _layers_per_call(flop)
     earlier: list[EarlierHeads] = []
     task = -1  # blocks of layer pairs, split round-robin over the processes of a multi-process run
     for layer in progress(range(n_layers), "induction circuits (weights)", enabled=show_progress):

@@ -20,6 +20,19 @@ from collections.abc import Callable, Iterator
 from typing import Any
 
 import jax
+import jax.numpy as jnp
+
+
+def gemm_rate(dtype: str, size: int = 1024, repeats: int = 3) -> float:
+    """GFLOP/s of this backend's size x size x size matrix product with inputs in ``dtype``, accumulated in float32
+    (compiled and warmed up first)."""
+    a = jnp.ones((size, size), dtype)
+    product = jax.jit(lambda x: jnp.matmul(x, x, preferred_element_type=jnp.float32, precision=jax.lax.Precision.HIGHEST))
+    product(a).block_until_ready()
+    start = time.perf_counter()
+    for _ in range(repeats):
+        product(a).block_until_ready()
+    return 2 * size**3 * repeats / (time.perf_counter() - start) / 1e9
 
 
 @dataclasses.dataclass

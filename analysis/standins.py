@@ -46,16 +46,12 @@ def _normalise(x: jax.Array) -> tuple[jax.Array, jax.Array]:
     return x / jnp.maximum(rms, 1e-30)[:, None], rms
 
 
-def _rms_normalise(x: jax.Array, eps: float) -> jax.Array:
-    return x * jax.lax.rsqrt(jnp.mean(jnp.square(x), axis=-1, keepdims=True) + eps)
-
-
 @functools.partial(jax.jit, static_argnames=("activation", "compute_dtype"))
 def _mlp_step(x: jax.Array, mlp: MLPWeights, eps: float, activation: str, compute_dtype: str = "float32") -> jax.Array:
     """x + post_norm(MLP(RMSNorm(x))) for x f32[n, M], as the block computes it (the post-norm only with
     ``BlockSpec.post_norms``); products with inputs in the weights' dtype, accumulated in float32 (inputs widened
     to ``compute_dtype`` where that runs faster: :func:`~circuits.analysis.composition.product_compute_dtype`)."""
-    hidden = _rms_normalise(x, eps) * mlp.norm
+    hidden = rms_norm(x, mlp.norm, eps)
     dtype = mlp.w_gate.dtype
 
     def dot(a, b):
@@ -63,7 +59,7 @@ def _mlp_step(x: jax.Array, mlp: MLPWeights, eps: float, activation: str, comput
                        precision=jax.lax.Precision.HIGHEST)
 
     out = dot(ACTIVATION_FUNCTIONS[activation](dot(hidden, mlp.w_gate)) * dot(hidden, mlp.w_up), mlp.w_down)
-    return x + (out if mlp.post_norm is None else _rms_normalise(out, eps) * mlp.post_norm)
+    return x + (out if mlp.post_norm is None else rms_norm(out, mlp.post_norm, eps))
 
 
 @functools.partial(jax.jit, static_argnames=("eps",))

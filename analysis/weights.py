@@ -75,13 +75,13 @@ class WeightReader:
         self.config: ModelConfig = source.config
         self.preprocessing = Preprocessing(fold_norms, center_unembed, str(np.dtype(source.dtype)))
 
-    def _f32(self, name: str, layer: int | None = None, dtype: str = "float32") -> jax.Array:
+    def _array(self, name: str, layer: int | None = None, dtype: str = "float32") -> jax.Array:
         """Canonical tensor ``name`` (of ``layer``) as a device array in ``dtype`` (float32 unless asked)."""
         return jnp.asarray(np.asarray(self.source.tensor(name, layer)), dtype=dtype)
 
     def gain(self, name: str, layer: int | None = None) -> jax.Array:
         """The effective gain f32[...] of norm ``name``: ``norm_offset + w`` (Gemma stores the offset from 1)."""
-        return self.config.block.norm_offset + self._f32(name, layer)
+        return self.config.block.norm_offset + self._array(name, layer)
 
     @property
     def embed_scale(self) -> float:
@@ -92,20 +92,20 @@ class WeightReader:
         """Layer ``layer``'s weights; with ``fold_norms`` the input RMSNorm gain scales every row (M) of W_Q, W_K,
         W_V, and a post-attention norm's gain (``BlockSpec.post_norms``) every output column (M) of W_O."""
         block = self.config.block
-        wq, wk, wv, wo = (self._f32(name, layer) for name in ("wq", "wk", "wv", "wo"))
+        wq, wk, wv, wo = (self._array(name, layer) for name in ("wq", "wk", "wv", "wo"))
         if self.preprocessing.fold_norms:
             gain = self.gain("attn_norm", layer)
             wq, wk, wv = wq * gain[:, None, None, None], wk * gain[:, None, None], wv * gain[:, None, None]
             if block.post_norms:
                 wo = wo * self.gain("post_attn_norm", layer)
-        biases = {name: self._f32(name, layer) for name in ("bq", "bk", "bv")} if block.qkv_bias else {}
+        biases = {name: self._array(name, layer) for name in ("bq", "bk", "bv")} if block.qkv_bias else {}
         gains = {"q_gain": self.gain("q_norm", layer), "k_gain": self.gain("k_norm", layer)} if block.qk_norm else {}
         self._release_pages()
         return AttentionWeights(wq, wk, wv, wo, **biases, **gains)
 
     def raw_output_weights(self, layer: int) -> jax.Array:
         """Layer ``layer``'s W_O f32[K, G, D, M] as stored, without any gain folded in."""
-        wo = self._f32("wo", layer)
+        wo = self._array("wo", layer)
         self._release_pages()
         return wo
 
@@ -113,7 +113,7 @@ class WeightReader:
         """Layer ``layer``'s MLP block, its matrices in ``dtype`` (bfloat16 matrices of a bfloat16 checkpoint are
         then never converted) and its norm gains in float32, kept separate: the stand-ins need the norms themselves."""
         post_norm = self.gain("post_mlp_norm", layer) if self.config.block.post_norms else None
-        matrices = (self._f32(name, layer, dtype) for name in ("w_gate", "w_up", "w_down"))
+        matrices = (self._array(name, layer, dtype) for name in ("w_gate", "w_up", "w_down"))
         weights = MLPWeights(self.gain("mlp_norm", layer), *matrices, post_norm)
         self._release_pages()
         return weights

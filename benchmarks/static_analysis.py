@@ -26,8 +26,6 @@ import tempfile
 import time
 from pathlib import Path
 
-import jax
-import jax.numpy as jnp
 import ml_dtypes
 import numpy as np
 from safetensors.numpy import save_file
@@ -144,20 +142,6 @@ def write_random_gguf(path: Path, n_layers: int, shapes: dict, seed: int = 0) ->
     writer.close()
 
 
-def gemm_rates(size: int = 4096, repeats: int = 3) -> dict[str, float]:
-    """{"float32", "bfloat16"}: GFLOP/s of a size x size x size product with inputs in that dtype, float32 accumulation."""
-    rates = {}
-    for dtype in ("float32", "bfloat16"):
-        a = jnp.ones((size, size), dtype)
-        product = jax.jit(lambda x: jnp.matmul(x, x, preferred_element_type=jnp.float32, precision=jax.lax.Precision.HIGHEST))
-        product(a).block_until_ready()
-        start = time.perf_counter()
-        for _ in range(repeats):
-            product(a).block_until_ready()
-        rates[dtype] = 2 * size**3 * repeats / (time.perf_counter() - start) / 1e9
-    return rates
-
-
 def peak_rss_gb() -> float:
     """This process's peak resident set (VmHWM) in GB: unlike ``ru_maxrss`` it does not inherit the peak of the
     process that started this one (the checkpoint writer)."""
@@ -210,7 +194,7 @@ def print_phases(log: phases.PhaseLog, rate: float) -> None:
 
 def analyze(path: str, predict_only: bool, label: str) -> None:
     """Time the weight-only scores and the prediction on the checkpoint at ``path`` (this process: its peak RSS)."""
-    rates = gemm_rates()
+    rates = {dtype: phases.gemm_rate(dtype, size=4096) for dtype in ("float32", "bfloat16")}
     print(f"GEMM rate of this machine: float32 {rates['float32']:.0f} GFLOP/s, bfloat16 inputs {rates['bfloat16']:.0f} GFLOP/s", flush=True)
     if not predict_only:
         seconds = ours(open_weights(path, show_progress=False))
