@@ -62,7 +62,7 @@ from circuits.analysis.composition import (
     product_compute_dtype,
     rotate_keys,
 )
-from circuits.analysis.context import ContextProtocol, HeadContext, context_shares, layer_context, layer_window
+from circuits.analysis.context import ContextProtocol, context_shares, layer_context, layer_window
 from circuits.analysis.methods import METHODS, SHARE_METHODS
 from circuits.analysis.ov import copying_score, ov_copying_scores, ov_eigenvalues
 from circuits.analysis.phases import phase
@@ -165,22 +165,28 @@ def _einsum(spec: str, *operands: jax.Array) -> jax.Array:
 
 
 @jax.jit
+def _stand_in_values(w: AttentionWeights, standins: jax.Array) -> jax.Array:
+    """f32[n, K, D]: the stand-ins f32[n, M] through W_V, value bias included."""
+    return _einsum("nm,mkd->nkd", standins, w.wv) + (0.0 if w.bv is None else w.bv)
+
+
+@jax.jit
 def _earlier_heads(w: AttentionWeights, standins: jax.Array) -> EarlierHeads:
     """One layer's EarlierHeads (A = K) from its weights and its stand-ins f32[n, M]."""
     value_gram = _einsum("mkd,mke->kde", w.wv, w.wv)
     ov_norm = later_norms(w, "v").reshape(w.wo.shape[:2])
-    values = _einsum("nm,mkd->nkd", standins, w.wv) + (0.0 if w.bv is None else w.bv)
-    return EarlierHeads(w.wo, value_gram, ov_norm, values)
+    return EarlierHeads(w.wo, value_gram, ov_norm, _stand_in_values(w, standins))
 
 
 @jax.jit
-def _output_rms(heads: EarlierHeads, keep: jax.Array) -> jax.Array:
-    """f32[A, G]: RMS over the kept stand-ins and M of each head's output ``x W_V W_O`` (from D x D Grams)."""
+def _output_rms(values: jax.Array, keep: jax.Array, wo: jax.Array) -> jax.Array:
+    """f32[K, G]: RMS over the kept stand-ins and M of each head's output ``x W_V W_O`` before a post-attention norm
+    (from D x D Grams), from the stand-ins' values f32[n, K, D] and W_O f32[K, G, D, M] as stored (no gain folded)."""
     weight = keep.astype(jnp.float32)
-    values = heads.values * weight[:, None, None]
-    value_gram = _einsum("nad,nae->ade", values, values) / jnp.maximum(weight.sum(), 1.0)
-    output_gram = _einsum("agdm,agem->agde", heads.wo.astype(jnp.float32), heads.wo.astype(jnp.float32))
-    return jnp.sqrt(jnp.maximum(_einsum("ade,aged->ag", value_gram, output_gram) / heads.wo.shape[-1], 1e-30))
+    values = values * weight[:, None, None]
+    value_gram = _einsum("nkd,nke->kde", values, values) / jnp.maximum(weight.sum(), 1.0)
+    output_gram = _einsum("kgdm,kgem->kgde", wo.astype(jnp.float32), wo.astype(jnp.float32))
+    return jnp.sqrt(jnp.maximum(_einsum("kde,kged->kg", value_gram, output_gram) / wo.shape[-1], 1e-30))
 
 
 @jax.jit
@@ -191,6 +197,29 @@ def _later_heads(w: AttentionWeights, standins: jax.Array) -> LaterHeads:
     qk_norm = later_norms(w, "k").reshape(w.wq.shape[1:3])
     queries = _einsum("nm,mkgd->nkgd", standins, w.wq) + (0.0 if w.bq is None else w.bq)
     return LaterHeads(w.wk, query_gram, qk_norm, queries)
+
+
+@jax.jit
+def _copied_outputs(heads: EarlierHeads, share: jax.Array) -> jax.Array:
+    """f32[n, M]: what one layer's heads write into a later repeat's query whose next token is each stand-in's token, as
+    induction heads copy it: ``sum_h share_h x W_V^h W_O^h`` (``share`` f32[K, G]: each head's predicted prefix-matching
+    share, with which it attends to the key holding that token)."""
+    return _einsum("nkd,kg,kgdm->nm", heads.values, share, heads.wo.astype(jnp.float32))
+
+
+@jax.jit
+def _query_side_gain(copied: jax.Array, w: AttentionWeights, standins: jax.Array, keep: jax.Array, scale: float) -> jax.Array:
+    """f32[K, G]: the logit gain (nats, before the reading layer's residual RMS) on the key whose own token is the one
+    earlier induction heads copied into the query (``copied`` f32[n, M], :func:`_copied_outputs` summed over earlier
+    layers): mean over tokens of copied query . own key, minus mean query . mean key. ``w``: the reading layer with
+    RoPE-averaged, QK-norm-folded keys; ``standins`` f32[n, M] the keys' stand-ins."""
+    weight = keep.astype(jnp.float32)
+    count = jnp.maximum(weight.sum(), 1.0)
+    queries = _einsum("nm,mkgd->nkgd", copied * weight[:, None], w.wq)
+    keys = _einsum("nm,mkd->nkd", standins, w.wk) * weight[:, None, None]
+    diagonal = _einsum("nkgd,nkd->kg", queries, keys) / count
+    mean = _einsum("kgd,kd->kg", queries.sum(0) / count, keys.sum(0) / count)
+    return (diagonal - mean) * scale
 
 
 PREVIOUS_TOKEN_OFFSETS = 32
@@ -480,7 +509,8 @@ def _predict_token_level(
     offset_tables = {kind: offset_rotations(config, kind) for kind in set(config.layer_kinds)}
     protocol = settings.context
     context_tables = {kind: offset_rotations(config, kind, protocol.tokens) for kind in set(config.layer_kinds)} if settings.mean_field else {}
-    contexts: list[HeadContext] = []
+    predicted_share = np.zeros((n_layers, n_heads), np.float32)
+    copied = None  # prefix-share: what earlier induction heads copy into each stand-in's query
     scale = config.attention_scale
     compute_dtype = product_compute_dtype(product_dtype)
     block = _layers_per_call(flop)
@@ -489,12 +519,12 @@ def _predict_token_level(
     for layer in progress(range(n_layers), "induction circuits (weights)", enabled=show_progress):
         x, keep = standins.current()
         keep = jnp.asarray(keep)
+        residual_rms[layer] = standins.residual_rms
         with phase("read attention weights") as done:
             raw = done(reader.attention(layer))
         if settings.mean_field:
             context = layer_context(raw, x, keep, standins.first(), context_tables[config.layer_kinds[layer]], scale, config.rms_norm_eps)
             shares = context_shares(context, jnp.zeros(context.itself.shape), protocol, layer_window(config, layer))
-            contexts.append(context)
             previous_token[layer] = np.asarray(shares["previous"]).reshape(-1)
         w = fold_qk_norm(raw, x)
         with phase("OV eigenvalues", flop.ov_eigenvalues):
@@ -520,16 +550,27 @@ def _predict_token_level(
             token_gain[start:stop, :, layer, :] = np.asarray(gain[:real]).reshape(stop - start, n_heads, n_heads)
         with phase("writing heads: Grams, values", flop.earlier_heads) as done:
             heads = _earlier_heads(w, x)
-            output_rms[layer] = np.asarray(_output_rms(heads, keep)).reshape(-1)
-            residual_rms[layer] = standins.residual_rms
+            raw_wo = reader.raw_output_weights(layer) if config.block.post_norms else None
+            if raw_wo is not None:
+                output_rms[layer] = np.asarray(_output_rms(heads.values, keep, raw_wo)).reshape(-1)
             earlier.append(done(dataclasses.replace(heads, wo=heads.wo.astype(product_dtype))))
-        if settings.mean_field:
+        if settings.mean_field:  # this layer's prefix share: its sources' gains (key side) and earlier copies (query side)
+            written = 1.0 / layer_output_rms if config.block.post_norms else np.ones(n_layers, np.float32)
+            key_gain = np.einsum("ln,lnh,l->h", previous_token[:layer], token_gain[:layer, :, layer, :], written[:layer]) / residual_rms[layer]
+            key_gain = distributed.sum_over_processes(key_gain.astype(np.float32))  # each process summed its blocks of sources
+            query_gain = 0.0 if copied is None else _query_side_gain(copied, w, x, keep, scale) / residual_rms[layer]
+            total_gain = jnp.asarray(key_gain.reshape(n_kv, -1)) + query_gain
+            share = context_shares(context, total_gain, protocol, layer_window(config, layer))["prefix"]
+            predicted_share[layer] = np.asarray(share).reshape(-1)
+            # the layer's mean-field output, from the stand-ins' own content (first order), joins later layers' stand-ins
             first_value = _einsum("m,mkd->kd", standins.first(), w.wv) + (0.0 if w.bv is None else w.bv)
-            post_gain, wo = ((reader.gain("post_attn_norm", layer), reader.raw_output_weights(layer)) if config.block.post_norms
-                             else (None, w.wo))
-            outputs, first_output, layer_output_rms[layer] = mean_field_attention(heads.values, keep, first_value, wo, shares, post_gain,
-                                                                                   config.rms_norm_eps)
+            post_gain = reader.gain("post_attn_norm", layer) if config.block.post_norms else None
+            outputs, first_output, layer_output_rms[layer] = mean_field_attention(
+                _stand_in_values(w, standins.content()), keep, first_value, w.wo if raw_wo is None else raw_wo, shares, post_gain,
+                config.rms_norm_eps)
             standins.attend(outputs, first_output)
+            copies = _copied_outputs(heads, share) / (layer_output_rms[layer] if config.block.post_norms else 1.0)
+            copied = copies if copied is None else copied + copies
         with phase("stand-ins: MLP blocks", flop.mlp) as done:
             done(standins.advance())
     k_composition, token_z, token_gain = (distributed.sum_over_processes(terms) for terms in (k_composition, token_z, token_gain))
@@ -542,9 +583,7 @@ def _predict_token_level(
     if settings.method == "prefix-share":
         token_gain = token_gain * _gain_scale(config, np.repeat(layer_output_rms[:, None], n_heads, axis=1), residual_rms)
         edge_strength = previous_token[:, :, None, None] * token_gain  # nats each source adds to the matching key's logit
-        total_gain = edge_strength.sum(axis=(0, 1))
-        predicted = np.stack([np.asarray(context_shares(contexts[layer], jnp.asarray(total_gain[layer].reshape(n_kv, -1)), protocol,
-                                                        layer_window(config, layer))["prefix"]).reshape(-1) for layer in range(n_layers)])
+        predicted = predicted_share
     elif settings.method == "token-zgain-rms":
         token_gain = token_gain * _gain_scale(config, output_rms, residual_rms)
         edge_strength = np.clip(token_z, 0.0, None) * np.clip(token_gain, 0.0, None)

@@ -120,6 +120,11 @@ class TokenStandins:
         self.residual_rms = float(median)  # the typical token's residual RMS here: what the attention input is divided by
         return jnp.where(jnp.asarray(self.keep)[:, None], normalised, 0.0), self.keep.copy()
 
+    def content(self) -> jax.Array:
+        """The stand-ins' own content at the input of the current layer: their residual without the mean-field attention
+        outputs (embedding and MLP blocks), RMS-normalised, f32[n, M] (zero rows for dropped tokens)."""
+        return jnp.where(jnp.asarray(self.keep)[:, None], _normalise(self._residual)[0], 0.0)
+
     def first(self) -> jax.Array:
         """The first token's (BOS's) residual at the input of the current layer, RMS-normalised, f32[M]."""
         return _normalise(self._first)[0][0]
