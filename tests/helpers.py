@@ -121,6 +121,32 @@ def random_transformer(seed: int = 0, scale: float = 0.3, **overrides):
     return model
 
 
+def brute_standins(model, ids: np.ndarray, with_rms: bool = False):
+    """float64 stand-ins per layer: embeddings (times the embedding scale) through the model's own MLP blocks only
+    (pre- and post-norms with their offsets), RMS-normalised; with ``with_rms`` also each layer's median RMS of the
+    residual before normalising."""
+    import jax
+    import jax.numpy as jnp
+
+    c = model.config
+    offset = c.block.norm_offset
+    rms = lambda v: np.sqrt((v * v).mean(-1, keepdims=True))  # noqa: E731
+    x = np.asarray(model.tensor("embed"), np.float64)[ids] * (np.sqrt(c.d_model) if c.block.embed_scale else 1.0)
+    out, medians = [], []
+    for layer in range(c.n_layers):
+        out.append(x / rms(x))
+        medians.append(float(np.median(rms(x))))
+        if c.attention_only:
+            continue
+        mlp = jax.tree.map(lambda p: p[layer], model.blocks.mlp)  # this layer's slice of the scanned MLP
+        normed = x / np.sqrt(rms(x) ** 2 + c.rms_norm_eps) * (offset + np.asarray(model.tensor("mlp_norm", layer)))
+        update = np.asarray(mlp(jnp.asarray(normed[None], jnp.float32))[0], np.float64)
+        if c.block.post_norms:
+            update = update / np.sqrt(rms(update) ** 2 + c.rms_norm_eps) * (offset + np.asarray(model.tensor("post_mlp_norm", layer)))
+        x = x + update
+    return (out, medians) if with_rms else out
+
+
 def dense_heads(model, layer: int, fold: bool = True):
     """float64 per-head matrices (brute force): W_Q [N, M, D], W_K [N, M, D], W_V [N, M, D], W_O [N, D, M], with
     the input norm's gain (offset included) folded into W_Q, W_K, W_V and a post-attention norm's into W_O."""

@@ -3,11 +3,11 @@
 import jax.numpy as jnp
 import numpy as np
 import pytest
-from helpers import GEMMA_LIKE, QWEN_LIKE, random_transformer
+from helpers import GEMMA_LIKE, QWEN_LIKE, brute_standins, dense_heads, random_transformer
 
 from circuits.analysis.context import ContextProtocol, HeadContext, context_shares, head_context
 from circuits.analysis.induction import offset_rotations, predict_induction
-from circuits.analysis.standins import mean_field_attention
+from circuits.analysis.standins import TokenStandins, mean_field_attention, sample_token_ids
 from circuits.models.config import ModelConfig
 
 
@@ -125,30 +125,74 @@ def test_mean_field_attention_is_the_share_weighted_mix_of_values(post_norm):
     np.testing.assert_allclose(float(rms), np.sqrt(np.mean(raw[keep] ** 2, -1)).mean(), rtol=1e-4)
 
 
+def test_query_side_gain_is_the_mean_matching_logit_over_tokens():
+    """The query-side gain against a dense n x n logit matrix: query a carries what induction heads copied for token a,
+    key b is token b's stand-in; gain = mean of the diagonal minus the mean of all entries, in nats (kept rows only)."""
+    from circuits.analysis.induction import _query_side_gain
+    from circuits.analysis.weights import AttentionWeights
+
+    rng = np.random.default_rng(0)
+    n, m, k, g, d = 12, 10, 2, 3, 4
+    copied, standins = rng.normal(size=(n, m)), rng.normal(size=(n, m))
+    wq, wk = rng.normal(size=(m, k, g, d)), rng.normal(size=(m, k, d))
+    keep = np.arange(n) % 5 != 3
+    weights = AttentionWeights(*(jnp.asarray(a, jnp.float32) for a in (wq, wk, wk, rng.normal(size=(k, g, d, m)))))
+    gain = np.asarray(_query_side_gain(jnp.asarray(copied, jnp.float32), weights, jnp.asarray(standins, jnp.float32), jnp.asarray(keep), 0.5))
+    for kv in range(k):
+        for q in range(g):
+            logits = (copied[keep] @ wq[:, kv, q]) @ (standins[keep] @ wk[:, kv]).T * 0.5  # [query token, key token]
+            np.testing.assert_allclose(gain[kv, q], np.diag(logits).mean() - logits.mean(), rtol=1e-4, atol=1e-5)
+
+
 @pytest.mark.parametrize("overrides", [dict(), QWEN_LIKE, GEMMA_LIKE], ids=["llama", "qkv-biases", "gemma3-block"])
 def test_prefix_share_is_the_context_share_of_the_summed_source_gains(overrides, monkeypatch):
     """prefix-share: each head's score is its context's prefix share at the gain its sources add (their predicted
-    previous-token share times their gain in nats at its input), its source the largest such term."""
+    previous-token share times their gain in nats at its input) plus the query-side gain of what earlier layers' heads
+    copied (each head's output times its predicted prefix share, summed over earlier layers), its source the largest
+    key-side term; the mean field is first order: each layer's attention output is computed from the stand-ins' own
+    content (embeddings through the MLP blocks, dense brute force), not from earlier layers' mean-field outputs."""
     import circuits.analysis.induction as induction
 
-    contexts = []
-    record = induction.layer_context
-    monkeypatch.setattr(induction, "layer_context", lambda *args: contexts.append(record(*args)) or contexts[-1])
+    calls = {name: [] for name in ("layer_context", "_query_side_gain", "_copied_outputs", "mean_field_attention")}
+    for name, records in calls.items():
+        original = getattr(induction, name)
+        monkeypatch.setattr(induction, name, lambda *args, _original=original, _records=records: _records.append((args, _original(*args)))
+                            or _records[-1][1])
+    residual_rms = []  # what each layer's attention input is divided by, as the stand-ins report it
+    current = TokenStandins.current
+    monkeypatch.setattr(TokenStandins, "current", lambda self: (current(self), residual_rms.append(self.residual_rms))[0])
     model = random_transformer(n_layers=3, **overrides)
+    c = model.config
     protocol = ContextProtocol(10, 2)
     prediction = predict_induction(model, method="prefix-share", n_tokens=64, context=protocol)
     scores, previous = prediction.predicted_induction.scores, prediction.previous_token.scores
     assert np.all((scores >= 0) & (scores <= 1)) and np.all((previous >= 0) & (previous <= 1))
     assert prediction.settings.context == protocol and "mean-field" in prediction.settings.standins
     np.testing.assert_allclose(prediction.edge_strength, previous[:, :, None, None] * prediction.token_gain, rtol=1e-5, atol=1e-7)
-    total = prediction.edge_strength.sum(axis=(0, 1))
-    c = model.config
-    for layer, context in enumerate(contexts):
+    key_side = prediction.edge_strength.sum(axis=(0, 1))
+
+    content = brute_standins(model, sample_token_ids(c.vocab_size, 64, 0))
+    layer_rms = [float(output_rms) for _, (_, _, output_rms) in calls["mean_field_attention"]]
+    copies = [np.asarray(out) / (layer_rms[layer] if c.block.post_norms else 1.0) for layer, (_, out) in enumerate(calls["_copied_outputs"])]
+    for layer, ((args, _), context) in enumerate(zip(calls["mean_field_attention"], (out for _, out in calls["layer_context"]))):
+        _, _, wv, _ = dense_heads(model, layer)
+        bias = np.asarray(model.tensor("bv", layer), np.float64) if c.block.qkv_bias else np.zeros((c.n_kv_heads, c.head_dim))
+        values, keep = np.asarray(args[0]), np.asarray(args[1])
+        expected = np.stack([content[layer] @ wv[kv * c.q_per_kv] + bias[kv] for kv in range(c.n_kv_heads)], axis=1)
+        np.testing.assert_allclose(values[keep], expected[keep], rtol=1e-3, atol=1e-4)  # first order: the stand-ins' own content
+
+        query_side = np.zeros(c.n_heads)
+        if layer > 0:
+            (copied, _, _, _, _), gain = calls["_query_side_gain"][layer - 1]
+            np.testing.assert_allclose(np.asarray(copied), sum(copies[:layer]), rtol=1e-5, atol=1e-6)
+            query_side = np.asarray(gain).reshape(-1) / residual_rms[layer]  # nats at the reading layer's input
+            # zero only where nothing was copied (a sliding window that hides the matching key from every earlier head)
+            assert (np.abs(query_side).max() > 0) == bool(np.abs(sum(copies[:layer])).max() > 0)
         window = c.sliding_window if c.layer_kinds[layer] == "sliding_attention" else None
         zero, summed = (context_shares(context, jnp.asarray(gain.reshape(c.n_kv_heads, -1), jnp.float32), protocol, window)
-                        for gain in (np.zeros(c.n_heads), total[layer]))
+                        for gain in (np.zeros(c.n_heads), key_side[layer] + query_side))
         np.testing.assert_allclose(previous[layer], np.asarray(zero["previous"]).reshape(-1), rtol=1e-5)
-        np.testing.assert_allclose(scores[layer], np.asarray(summed["prefix"]).reshape(-1), rtol=1e-5, atol=1e-7)
+        np.testing.assert_allclose(scores[layer], np.asarray(summed["prefix"]).reshape(-1), rtol=1e-4, atol=1e-6)
     for layer, head in [(1, 0), (2, 5)]:
         source = np.unravel_index(np.argmax(prediction.edge_strength[:, :, layer, head]), scores.shape)
         assert prediction.source_of(layer, head) == tuple(int(i) for i in source)

@@ -1,40 +1,16 @@
 """The weight-only induction predictor (``kcomp-token-zgain``) against brute-force products of full matrices, on every
 block kind (biases, QK-norm, post-norms, offsets, per-layer RoPE)."""
 
-import jax
 import jax.numpy as jnp
 import numpy as np
 import pytest
-from helpers import GEMMA_LIKE, QWEN_LIKE, dense_heads, random_transformer
+from helpers import GEMMA_LIKE, QWEN_LIKE, brute_standins, dense_heads, random_transformer
 
 from circuits.analysis.induction import predict_induction
 from circuits.analysis.rope import rope_average
 from circuits.analysis.standins import sample_token_ids
 from circuits.models.config import ModelConfig
 from circuits.models.rope import apply_rotary, rotary_tables
-
-
-def brute_standins(model, ids: np.ndarray, with_rms: bool = False):
-    """float64 stand-ins per layer: embeddings (times the embedding scale) through the model's own MLP blocks only
-    (pre- and post-norms with their offsets), RMS-normalised; with ``with_rms`` also each layer's median RMS of the
-    residual before normalising."""
-    c = model.config
-    offset = c.block.norm_offset
-    rms = lambda v: np.sqrt((v * v).mean(-1, keepdims=True))  # noqa: E731
-    x = np.asarray(model.tensor("embed"), np.float64)[ids] * (np.sqrt(c.d_model) if c.block.embed_scale else 1.0)
-    out, medians = [], []
-    for layer in range(c.n_layers):
-        out.append(x / rms(x))
-        medians.append(float(np.median(rms(x))))
-        if c.attention_only:
-            continue
-        mlp = jax.tree.map(lambda p: p[layer], model.blocks.mlp)  # this layer's slice of the scanned MLP
-        normed = x / np.sqrt(rms(x) ** 2 + c.rms_norm_eps) * (offset + np.asarray(model.tensor("mlp_norm", layer)))
-        update = np.asarray(mlp(jnp.asarray(normed[None], jnp.float32))[0], np.float64)
-        if c.block.post_norms:
-            update = update / np.sqrt(rms(update) ** 2 + c.rms_norm_eps) * (offset + np.asarray(model.tensor("post_mlp_norm", layer)))
-        x = x + update
-    return (out, medians) if with_rms else out
 
 
 def brute_query_key(model, layer: int, x: np.ndarray):
@@ -122,15 +98,17 @@ def test_factored_prediction_equals_brute_force(overrides):
 @pytest.mark.parametrize("overrides", [dict(), GEMMA_LIKE], ids=["pre-norm", "post-norms"])
 def test_rms_normalised_gain_is_the_gain_at_the_reading_heads_input(overrides):
     """token-zgain-rms: G divided by the median residual RMS of the stand-ins at the reading layer and, with
-    post-norms, by the RMS of the writing head's own output; both against dense brute force."""
+    post-norms, by the RMS of the writing head's own output before that norm (W_O as stored, its gain not folded in);
+    both against dense brute force."""
     model = random_transformer(n_layers=3, **overrides)
     c = model.config
     x, residual_rms = brute_standins(model, sample_token_ids(c.vocab_size, 32, 1), with_rms=True)
     rms_method = predict_induction(model, n_tokens=32, token_seed=1, method="token-zgain-rms")
     plain = predict_induction(model, n_tokens=32, token_seed=1)
     for l1 in range(c.n_layers):
-        _, _, wv, wo = dense_heads(model, l1)
-        output_rms = np.array([np.sqrt(np.mean(np.square(x[l1] @ wv[h] @ wo[h]))) for h in range(c.n_heads)])
+        _, _, wv, _ = dense_heads(model, l1)
+        stored_wo = dense_heads(model, l1, fold=False)[3]  # what the post-attention norm divides: no gain folded in
+        output_rms = np.array([np.sqrt(np.mean(np.square(x[l1] @ wv[h] @ stored_wo[h]))) for h in range(c.n_heads)])
         written = 1.0 / output_rms if c.block.post_norms else np.ones(c.n_heads)
         for l2 in range(l1 + 1, c.n_layers):
             expected = plain.token_gain[l1, :, l2, :] * written[:, None] / residual_rms[l2]
