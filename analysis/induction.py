@@ -26,8 +26,11 @@ the reading head's real input: G' is G divided by the residual RMS of the typica
 
 Method ``prefix-share`` predicts the measured prefix-matching share itself (:mod:`~circuits.analysis.context`): each
 head's share of the matching key on the measurement's context, where the matching key's extra logit is
-``sum_j p_j G'_ji`` (p_j: head j's predicted previous-token share; G': the gain in nats at head i's input), on
-stand-ins that receive mean-field attention outputs (:mod:`~circuits.analysis.standins`). Edge strength: ``p_j G'_ji``.
+``sum_j p_j G'_ji + sum_h s_h G^Q_hi`` (p_j: head j's predicted previous-token share; G': the gain in nats at head
+i's input; the query side: an earlier head h with predicted prefix share s_h copies the next token into the query,
+which then matches the key's own token, :func:`_query_side_gain`), on stand-ins that receive first-order mean-field
+attention outputs (:mod:`~circuits.analysis.standins`). Each layer's shares are computed when the pass reaches it.
+Edge strength: ``p_j G'_ji``.
 
 Everything goes through D x D factors (no n x n, V x V or M x M matrix), in one streaming pass:
 ``P_ji = W_O^j W_K'^i`` [D, D] is the one M-long product per head pair, and
