@@ -558,8 +558,8 @@ def _predict_token_level(
                 output_rms[layer] = np.asarray(_output_rms(heads.values, keep, raw_wo)).reshape(-1)
             earlier.append(done(dataclasses.replace(heads, wo=heads.wo.astype(product_dtype))))
         if settings.mean_field:  # this layer's prefix share: its sources' gains (key side) and earlier copies (query side)
-            written = 1.0 / layer_output_rms if config.block.post_norms else np.ones(n_layers, np.float32)
-            key_gain = np.einsum("ln,lnh,l->h", previous_token[:layer], token_gain[:layer, :, layer, :], written[:layer]) / residual_rms[layer]
+            to_nats = _gain_scale(config, np.repeat(layer_output_rms[:, None], n_heads, axis=1), residual_rms)[:layer, :, layer]
+            key_gain = np.einsum("ln,lnh->h", previous_token[:layer], token_gain[:layer, :, layer, :] * to_nats)
             key_gain = distributed.sum_over_processes(key_gain.astype(np.float32))  # each process summed its blocks of sources
             query_gain = 0.0 if copied is None else _query_side_gain(copied, w, x, keep, scale) / residual_rms[layer]
             total_gain = jnp.asarray(key_gain.reshape(n_kv, -1)) + query_gain
