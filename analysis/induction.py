@@ -514,6 +514,8 @@ def _predict_token_level(
     context_tables = {kind: offset_rotations(config, kind, protocol.tokens) for kind in set(config.layer_kinds)} if settings.mean_field else {}
     predicted_share = np.zeros((n_layers, n_heads), np.float32)
     copied = None  # prefix-share: what earlier induction heads copy into each stand-in's query
+    # with post-attention norms, prefix-share and token-zgain-rms scale gains by an output RMS taken with W_O as stored
+    divides_by_output_rms = config.block.post_norms and (settings.mean_field or settings.method == "token-zgain-rms")
     scale = config.attention_scale
     compute_dtype = product_compute_dtype(product_dtype)
     block = _layers_per_call(flop)
@@ -553,7 +555,7 @@ def _predict_token_level(
             token_gain[start:stop, :, layer, :] = np.asarray(gain[:real]).reshape(stop - start, n_heads, n_heads)
         with phase("writing heads: Grams, values", flop.earlier_heads) as done:
             heads = _earlier_heads(w, x)
-            raw_wo = reader.raw_output_weights(layer) if config.block.post_norms else None
+            raw_wo = reader.raw_output_weights(layer) if divides_by_output_rms else None
             if raw_wo is not None:
                 output_rms[layer] = np.asarray(_output_rms(heads.values, keep, raw_wo)).reshape(-1)
             earlier.append(done(dataclasses.replace(heads, wo=heads.wo.astype(product_dtype))))
@@ -566,7 +568,7 @@ def _predict_token_level(
             share = context_shares(context, total_gain, protocol, layer_window(config, layer))["prefix"]
             predicted_share[layer] = np.asarray(share).reshape(-1)
             # the layer's mean-field output, from the stand-ins' own content (first order), joins later layers' stand-ins
-            first_value = _einsum("m,mkd->kd", standins.first(), w.wv) + (0.0 if w.bv is None else w.bv)
+            first_value = _stand_in_values(w, standins.first()[None])[0]
             post_gain = reader.gain("post_attn_norm", layer) if config.block.post_norms else None
             outputs, first_output, layer_output_rms[layer] = mean_field_attention(
                 _stand_in_values(w, standins.content()), keep, first_value, w.wo if raw_wo is None else raw_wo, shares, post_gain,

@@ -23,7 +23,7 @@ import numpy as np
 import circuits
 from circuits.analysis.attention import attention_scores
 from circuits.analysis.repeated_tokens import repeated_random_tokens
-from circuits.models.rope import rotary_tables
+from circuits.models.rope import apply_rotary, rotary_tables
 
 
 def rms(x: np.ndarray, eps: float) -> np.ndarray:
@@ -67,10 +67,10 @@ def projected(model, parts: np.ndarray, residual: np.ndarray, layer: int, kind: 
     return shares
 
 
-def rotate(vectors: np.ndarray, cos: np.ndarray, sin: np.ndarray) -> np.ndarray:
-    """RoPE in the half-split layout on [..., T, D]."""
-    half = vectors.shape[-1] // 2
-    return vectors * cos + np.concatenate([-vectors[..., half:], vectors[..., :half]], -1) * sin
+def rotate(vectors: np.ndarray, cos: jnp.ndarray, sin: jnp.ndarray) -> np.ndarray:
+    """The model's own RoPE (:func:`~circuits.models.rope.apply_rotary`) on [..., T, D]."""
+    flat = jnp.asarray(vectors.reshape(-1, *vectors.shape[-2:]))
+    return np.asarray(apply_rotary(flat, cos, sin)).reshape(vectors.shape)
 
 
 def matching_gain(queries: np.ndarray, keys: np.ndarray, length: int, scale: float, window: int | None) -> np.ndarray:
@@ -113,7 +113,7 @@ def main() -> None:
     _, captured = model.run_with_capture(tokens, ("z", "resid_pre", "resid_mid", "attn_pattern"))
     patterns = np.asarray(captured["attn_pattern"], np.float32)  # [L, B, K, G, T, S]
     residual = np.asarray(captured["resid_pre"], np.float32)
-    tables = {kind: tuple(np.asarray(a) for a in rotary_tables(c, tokens.shape[1], kind)) for kind in set(c.layer_kinds)}
+    tables = {kind: rotary_tables(c, tokens.shape[1], kind) for kind in set(c.layer_kinds)}
 
     def label(name: str) -> str:
         layer, head = map(int, name[1:].split("H"))
