@@ -62,6 +62,7 @@ tokens = np.random.default_rng(0).integers(1, config.vocab_size, (4, 24)).astype
 logits = host_array(nnx.jit(lambda m, t: m.forward(t)[0])(model, tokens))
 losses = sweep_losses(model, tokens, np.ones(23, bool), ablate=one_head_each(config), show_progress=False)
 prediction = predict_induction(circuits.open_weights(checkpoint, show_progress=False), n_tokens=256)
+share = predict_induction(circuits.open_weights(checkpoint, show_progress=False), method="prefix-share", n_tokens=256)
 characters = Tokenizer(models.BPE(vocab={chr(i): i for i in range(128)}, merges=[]))
 icl = run_icl(model, characters, "tiny", ICLSettings(fractions=(0.125,), prompts_per_task=4, random_seeds=(0,),
                                                      selection_seeds=(0,)), show_progress=False)
@@ -69,5 +70,6 @@ atomic_write_text(out / "writer.txt", str(jax.process_index()))
 if distributed.is_writer():
     np.savez(out / "results.npz", logits=logits, losses=losses, predicted=prediction.predicted_induction.scores,
              k_composition=prediction.k_composition.scores, sources=prediction.source_heads,
+             share_predicted=share.predicted_induction.scores, share_sources=share.source_heads,
              icl_accuracy=[value for row in icl.accuracy.values() for values in row.values() for value in values],
              icl_pattern_matching=[score for _, _, score in icl.pattern_matching_heads])

@@ -61,7 +61,8 @@ def test_two_processes_give_the_one_process_results_and_each_reads_its_share(che
     single = alone(sys.executable, str(PROGRAM), str(checkpoint), str(tmp_path / "one"), "data=1,model=4")
     assert single.returncode == 0, single.stderr[-3000:]
     two, one = np.load(tmp_path / "two" / "results.npz"), np.load(tmp_path / "one" / "results.npz")
-    for name in ("logits", "losses", "predicted", "k_composition", "sources", "icl_accuracy", "icl_pattern_matching"):
+    for name in ("logits", "losses", "predicted", "k_composition", "sources", "share_predicted", "share_sources", "icl_accuracy",
+                 "icl_pattern_matching"):
         np.testing.assert_allclose(two[name], one[name], rtol=0, atol=1e-5 * max(1.0, np.abs(one[name]).max()), err_msg=name)
     assert np.isfinite(two["losses"]).all() and two["losses"].std() > 0  # single heads change the loss differently
     assert (tmp_path / "two" / "writer.txt").read_text() == "0"  # the atomic writer wrote in process 0 only
