@@ -216,6 +216,21 @@ class Trainer:
     def step(self) -> int:
         return self.histories[0][-1].step if self.histories[0] else 0
 
+    def start_from(self, other: "Trainer") -> None:
+        """Go on from where ``other`` stopped (its params, Adam state and PRNG keys; any clamp), so that a run can
+        change clamps part-way, e.g. ablate some layers until induction forms elsewhere, then release them. This
+        run's steps and measures count from 0; ``other`` must train the same model with as many seeds."""
+        if other.config != self.config or other.settings.seeds != self.settings.seeds:
+            raise TrainingError(
+                f"cannot start from a run of another model or seed count ({other.settings.n_layers} layers, "
+                f"{other.settings.seeds} seeds, against {self.settings.n_layers} and {self.settings.seeds}); "
+                "fix: give both runs the same model settings and seeds"
+            )
+        if self.histories[0]:
+            raise TrainingError("this run has already trained; fix: call start_from on a new Trainer, before train()")
+        self.state, self.opt_state, self.key = other.state, other.opt_state, other.key
+        nnx.update(self.model, self._seed_state(0))
+
     def models(self) -> list[Transformer]:
         """The current model of every seed (new modules; ``self.model`` is the first seed's)."""
         return [nnx.merge(self.graphdef, self._seed_state(i)) for i in range(self.settings.seeds)]

@@ -203,6 +203,23 @@ def test_checkpoints_resume_to_the_same_run(tmp_path):
         Trainer(dataclasses.replace(settings, learning_rate=1e-4), Clamp(), tmp_path)
 
 
+def test_a_run_started_from_another_goes_on_as_one_run():
+    """Clamps can change part-way: a run started from another carries on its params, Adam state and PRNG keys, so
+    200 steps then 100 more equal 300 steps in one run; another model or a run that already trained is refused."""
+    first = Trainer(dataclasses.replace(REPEAT, steps=200), Clamp())
+    first.train()
+    then = Trainer(dataclasses.replace(REPEAT, steps=100), Clamp())
+    then.start_from(first)
+    went_on = then.train().history
+    whole = Trainer(dataclasses.replace(REPEAT, steps=300), Clamp()).train().history
+    assert [m.step for m in went_on] == [0, 100]
+    np.testing.assert_allclose([went_on[0].loss, went_on[1].loss], [whole[2].loss, whole[3].loss], rtol=1e-5)
+    with pytest.raises(TrainingError, match="same model settings"):
+        Trainer(dataclasses.replace(REPEAT, n_layers=3), Clamp()).start_from(first)
+    with pytest.raises(TrainingError, match="already trained"):
+        then.start_from(first)
+
+
 def test_short_run_forms_an_induction_head_found_by_weights_and_by_prefix_matching():
     settings = dataclasses.replace(REPEAT, steps=400)
     trainer = Trainer(settings, Clamp())
