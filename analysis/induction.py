@@ -1,6 +1,14 @@
 """Weight-only prediction of induction circuits: previous-token head -> induction head edges.
 
-Method ``kcomp-token-zgain`` (default). An induction head i reads, through K-composition, the output of
+Method ``prefix-share`` (default) predicts the measured prefix-matching share itself (:mod:`~circuits.analysis.context`): each
+head's share of the matching key on the measurement's context, where the matching key's extra logit is
+``sum_j p_j G'_ji + sum_h s_h G^Q_hi`` (p_j: head j's predicted previous-token share; G': the gain in nats at head
+i's input; the query side: an earlier head h with predicted prefix share s_h copies the next token into the query,
+which then matches the key's own token, :func:`_query_side_gain`), on stand-ins that receive first-order mean-field
+attention outputs (:mod:`~circuits.analysis.standins`). Each layer's shares are computed when the pass reaches it.
+Edge strength: ``p_j G'_ji``.
+
+Method ``kcomp-token-zgain``. An induction head i reads, through K-composition, the output of
 a previous-token head j, and its QK circuit then matches the current token against the previous
 token of each key (Olsson et al. 2022). Edge strength::
 
@@ -23,14 +31,6 @@ Method ``token-zgain-rms`` (``max(Z, 0) * max(G', 0)``) drops the K-composition 
 the reading head's real input: G' is G divided by the residual RMS of the typical stand-in at the reading layer
 (what its input norm divides by) and, with post-attention norms, by the RMS of the writing head's own output
 (what that norm divides by). No free constant; its scores are comparable across layers and models.
-
-Method ``prefix-share`` predicts the measured prefix-matching share itself (:mod:`~circuits.analysis.context`): each
-head's share of the matching key on the measurement's context, where the matching key's extra logit is
-``sum_j p_j G'_ji + sum_h s_h G^Q_hi`` (p_j: head j's predicted previous-token share; G': the gain in nats at head
-i's input; the query side: an earlier head h with predicted prefix share s_h copies the next token into the query,
-which then matches the key's own token, :func:`_query_side_gain`), on stand-ins that receive first-order mean-field
-attention outputs (:mod:`~circuits.analysis.standins`). Each layer's shares are computed when the pass reaches it.
-Edge strength: ``p_j G'_ji``.
 
 Everything goes through D x D factors (no n x n, V x V or M x M matrix), in one streaming pass:
 ``P_ji = W_O^j W_K'^i`` [D, D] is the one M-long product per head pair, and
@@ -203,11 +203,12 @@ def _later_heads(w: AttentionWeights, standins: jax.Array) -> LaterHeads:
 
 
 @jax.jit
-def _copied_outputs(heads: EarlierHeads, share: jax.Array) -> jax.Array:
+def _copied_outputs(values: jax.Array, wo: jax.Array, share: jax.Array) -> jax.Array:
     """f32[n, M]: what one layer's heads write into a later repeat's query whose next token is each stand-in's token, as
-    induction heads copy it: ``sum_h share_h x W_V^h W_O^h`` (``share`` f32[K, G]: each head's predicted prefix-matching
-    share, with which it attends to the key holding that token)."""
-    return _einsum("nkd,kg,kgdm->nm", heads.values, share, heads.wo.astype(jnp.float32))
+    induction heads copy it: ``sum_h share_h x W_V^h W_O^h`` (``values`` f32[n, K, D]: the stand-ins' values, ``wo``
+    f32[K, G, D, M], ``share`` f32[K, G]: each head's predicted prefix-matching share, with which it attends to the key
+    holding that token)."""
+    return _einsum("nkd,kg,kgdm->nm", values, share, wo.astype(jnp.float32))
 
 
 @jax.jit
@@ -570,11 +571,12 @@ def _predict_token_level(
             # the layer's mean-field output, from the stand-ins' own content (first order), joins later layers' stand-ins
             first_value = _stand_in_values(w, standins.first()[None])[0]
             post_gain = reader.gain("post_attn_norm", layer) if config.block.post_norms else None
+            content_values = _stand_in_values(w, standins.content())
             outputs, first_output, layer_output_rms[layer] = mean_field_attention(
-                _stand_in_values(w, standins.content()), keep, first_value, w.wo if raw_wo is None else raw_wo, shares, post_gain,
+                content_values, keep, first_value, w.wo if raw_wo is None else raw_wo, shares, post_gain,
                 config.rms_norm_eps)
             standins.attend(outputs, first_output)
-            copies = _copied_outputs(heads, share) / (layer_output_rms[layer] if config.block.post_norms else 1.0)
+            copies = _copied_outputs(content_values, heads.wo, share) / (layer_output_rms[layer] if config.block.post_norms else 1.0)
             copied = copies if copied is None else copied + copies
         with phase("stand-ins: MLP blocks", flop.mlp) as done:
             done(standins.advance())
@@ -684,10 +686,11 @@ def predict_induction(
     """Predict induction heads and their previous-token heads from the weights alone.
 
     source: a loaded model or a streamed checkpoint (:func:`circuits.open_weights`).
-    method: ``kcomp-token-zgain`` (default; see the module docstring), ``kcomp-token-z`` (without the
-    logit gain) or ``ov-kcomp-eigen`` (the earlier score, for comparison; ``max_pairs`` bounds its
+    method: ``prefix-share`` (default: the predicted prefix-matching share, on the measured scale; ``context``: the
+    measurement it predicts), ``kcomp-token-zgain``, ``kcomp-token-z`` (without the logit gain), ``token-zgain-rms``
+    (see the module docstring) or ``ov-kcomp-eigen`` (the earlier score, for comparison; ``max_pairs`` bounds its
     eigenvalue terms). rope_offsets, n_tokens, token_seed: the RoPE average and the token stand-ins of
-    the ``kcomp-token-*`` methods. product_dtype: input
+    the token-level methods. product_dtype: input
     dtype of the M-long products (default bfloat16 for bfloat16 checkpoints, else float32; float32
     accumulation always). Memory: one layer's weights plus W_O of every layer in ``product_dtype``.
     """

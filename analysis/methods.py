@@ -2,11 +2,11 @@
 (light: importing this loads no JAX)."""
 
 METHOD_HELP = {
-    "kcomp-token-zgain": "RoPE-averaged K-composition x token-level prefix-matching z-score x its logit gain, on MLP stand-ins",
     "prefix-share": "the prefix-matching attention share itself, predicted on the measurement's own context (BOS + 50 random "
                     "tokens x 2) from stand-ins with mean-field attention; its sources add their gains weighted by their "
                     "predicted previous-token shares, and earlier induction heads the gain of the token they copy into the "
                     "query",
+    "kcomp-token-zgain": "RoPE-averaged K-composition x token-level prefix-matching z-score x its logit gain, on MLP stand-ins",
     "kcomp-token-z": "the same without the gain",
     "token-zgain-rms": "z-score x logit gain in nats at the reading head's real input, without K-composition",
     "ov-kcomp-eigen": "the earlier OV-copying-weighted score, for comparison",

@@ -11,13 +11,17 @@ With mean-field attention (:meth:`TokenStandins.attend`, method ``prefix-share``
 joins the residual as a typical position in a context of random tokens receives it: per head, the predicted share
 on BOS times BOS's value, the share on the token itself times its own value, and the share on other keys times the
 mean value (:mod:`~circuits.analysis.context`), the values taken from the stand-ins' own content (:meth:`TokenStandins.content`:
-embedding and MLP blocks), not from earlier layers' mean-field outputs. This first-order mean field keeps each layer's
-output near the real one; fed back through the values, the common vector compounded (on SmolLM2 layer 20's output
-reached 6.0 RMS against the real 3.6, the deep heads' predicted BOS share fell to 0.01 against 0.48 measured, and the
-predicted gains came out about 3x small). These outputs are read by later attention layers but not fed to the
-MLPs: fed to them, the shared mean-field vector fires the massive-activation neurons that make BOS a sink (on
-SmolLM2 every stand-in's RMS reached BOS's, 33.7 against 4.3 for real tokens, by layer 3), which real tokens, which
-vary, do not. BOS itself is tracked exactly, MLPs included: a first token attends only to itself.
+embedding and MLP blocks, as it stands in the normalised residual), not from earlier layers' mean-field outputs. This
+first-order mean field keeps each layer's output near the real one; fed back through the values, the common vector
+compounded (on SmolLM2 layer 20's output reached 6.0 RMS against the real 3.6, the deep heads' predicted BOS share fell
+to 0.01 against 0.48 measured, and the predicted gains came out about 3x small). The content is divided by the RMS of
+the whole residual, mean-field outputs included, as the layer's norm divides it: normalised on its own, the content's
+common part came out too large (on Gemma 3 270M the mean-field outputs' RMS was 0.8-2.3x the real one; with the whole
+residual's RMS, 0.5-0.85x, short by the spread of the tokens actually attended, which a mean value leaves out).
+These outputs are read by later attention layers but not fed to the MLPs: fed to them, the shared mean-field vector
+fires the massive-activation neurons that make BOS a sink (on SmolLM2 every stand-in's RMS reached BOS's, 33.7 against
+4.3 for real tokens, by layer 3), which real tokens, which vary, do not. BOS itself is tracked exactly, MLPs included:
+a first token attends only to itself.
 """
 
 from __future__ import annotations
@@ -125,9 +129,11 @@ class TokenStandins:
         return jnp.where(jnp.asarray(self.keep)[:, None], normalised, 0.0), self.keep.copy()
 
     def content(self) -> jax.Array:
-        """The stand-ins' own content at the input of the current layer: their residual without the mean-field attention
-        outputs (embedding and MLP blocks), RMS-normalised, f32[n, M] (zero rows for dropped tokens)."""
-        return jnp.where(jnp.asarray(self.keep)[:, None], _normalise(self._residual)[0], 0.0)
+        """The stand-ins' own content at the input of the current layer, f32[n, M] (zero rows for dropped tokens): their
+        residual without the mean-field attention outputs (embedding and MLP blocks), divided by the RMS of the whole
+        residual (mean-field outputs included), as the content stands in the normalised input the layer reads."""
+        _, rms = _normalise(self._residual + self._attended)
+        return jnp.where(jnp.asarray(self.keep)[:, None], self._residual / jnp.maximum(rms, 1e-30)[:, None], 0.0)
 
     def first(self) -> jax.Array:
         """The first token's (BOS's) residual at the input of the current layer, RMS-normalised, f32[M]."""

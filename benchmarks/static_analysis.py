@@ -33,6 +33,7 @@ from safetensors.numpy import save_file
 from circuits.analysis import phases
 from circuits.analysis.composition import composition_tensors
 from circuits.analysis.induction import predict_induction
+from circuits.analysis.methods import METHODS
 from circuits.analysis.ov import ov_copying_scores
 from circuits.convert import open_weights
 
@@ -192,8 +193,8 @@ def print_phases(log: phases.PhaseLog, rate: float) -> None:
         print(f"  {name:44s} {seconds:8.1f} {calls:6d} {flop / 1e9:9.0f} {achieved:8.1f} {share:>12s}")
 
 
-def analyze(path: str, predict_only: bool, label: str) -> None:
-    """Time the weight-only scores and the prediction on the checkpoint at ``path`` (this process: its peak RSS)."""
+def analyze(path: str, predict_only: bool, label: str, method: str) -> None:
+    """Time the weight-only scores and the prediction (``method``) on the checkpoint at ``path`` (this process: its peak RSS)."""
     rates = {dtype: phases.gemm_rate(dtype, size=4096) for dtype in ("float32", "bfloat16")}
     print(f"GEMM rate of this machine: float32 {rates['float32']:.0f} GFLOP/s, bfloat16 inputs {rates['bfloat16']:.0f} GFLOP/s", flush=True)
     if not predict_only:
@@ -201,8 +202,8 @@ def analyze(path: str, predict_only: bool, label: str) -> None:
         print(f"{label}: OV + Q/K/V composition {seconds:.1f} s, peak RSS so far {peak_rss_gb():.2f} GB", flush=True)
     start = time.perf_counter()
     with phases.recording() as log:
-        predict_induction(open_weights(path, show_progress=False), show_progress=True)
-    print(f"{label}: predict_induction {time.perf_counter() - start:.1f} s, peak RSS of the analysing process {peak_rss_gb():.2f} GB")
+        predict_induction(open_weights(path, show_progress=False), method=method, show_progress=True)
+    print(f"{label}: predict_induction ({method}) {time.perf_counter() - start:.1f} s, peak RSS of the analysing process {peak_rss_gb():.2f} GB")
     print_phases(log, rates["float32"])
 
 
@@ -214,13 +215,14 @@ def main() -> None:
     parser.add_argument("--scratch", default=None, help="where to write checkpoints (default: a temp dir)")
     parser.add_argument("--naive-layers", type=int, default=3, help="0 skips the naive comparison")
     parser.add_argument("--predict-only", action="store_true", help="time only predict_induction on the large shapes")
+    parser.add_argument("--method", default=METHODS[0], choices=METHODS, help="the prediction method timed (default: the library's)")
     parser.add_argument("--analyze", default=None, help=argparse.SUPPRESS)  # internal: analyse PATH in this process
     args = parser.parse_args()
     shapes = SHAPES[args.shapes]
     n_layers = args.layers or shapes["layers"]
     label = f"{args.shapes} shapes ({args.format})"
     if args.analyze:
-        analyze(args.analyze, args.predict_only, label)
+        analyze(args.analyze, args.predict_only, label, args.method)
         return
     if args.format == "gguf-q4_k" and shapes["family"] != "llama":
         parser.error("--format gguf-q4_k writes llama GGUF files; use it with --shapes llama3-8b")
@@ -234,8 +236,8 @@ def main() -> None:
             write_random_checkpoint(big, n_layers, shapes)
         print(f"wrote a {n_layers}-layer {label} checkpoint in {time.perf_counter() - start:.0f} s", flush=True)
         # The analysis runs in a fresh process, so its peak RSS is not the writer's.
-        subprocess.run([sys.executable, __file__, "--analyze", str(big), "--shapes", args.shapes, "--format", args.format]
-                       + ["--predict-only"] * args.predict_only, check=True)
+        subprocess.run([sys.executable, __file__, "--analyze", str(big), "--shapes", args.shapes, "--format", args.format,
+                        "--method", args.method] + ["--predict-only"] * args.predict_only, check=True)
         if not args.naive_layers:
             return
 

@@ -121,10 +121,10 @@ def random_transformer(seed: int = 0, scale: float = 0.3, **overrides):
     return model
 
 
-def brute_standins(model, ids: np.ndarray, with_rms: bool = False):
+def brute_standins(model, ids: np.ndarray, with_rms: bool = False, normalise: bool = True):
     """float64 stand-ins per layer: embeddings (times the embedding scale) through the model's own MLP blocks only
-    (pre- and post-norms with their offsets), RMS-normalised; with ``with_rms`` also each layer's median RMS of the
-    residual before normalising."""
+    (pre- and post-norms with their offsets), RMS-normalised (unless not ``normalise``); with ``with_rms`` also each
+    layer's median RMS of the residual before normalising."""
     import jax
     import jax.numpy as jnp
 
@@ -134,7 +134,7 @@ def brute_standins(model, ids: np.ndarray, with_rms: bool = False):
     x = np.asarray(model.tensor("embed"), np.float64)[ids] * (np.sqrt(c.d_model) if c.block.embed_scale else 1.0)
     out, medians = [], []
     for layer in range(c.n_layers):
-        out.append(x / rms(x))
+        out.append(x / rms(x) if normalise else x)
         medians.append(float(np.median(rms(x))))
         if c.attention_only:
             continue

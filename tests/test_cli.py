@@ -18,7 +18,7 @@ def test_analyze_demo_writes_json_with_planted_edge(tmp_path, capsys):
     data = json.loads(out.read_text())
     assert data["schema_version"] == 3
     assert data["preprocessing"]["fold_norms"] is True
-    assert data["method"] == "kcomp-token-zgain" and data["settings"]["rope_offsets"] == [8, 512]
+    assert data["method"] == "prefix-share" and data["settings"]["rope_offsets"] == [8, 512]
     assert data["settings"]["n_tokens"] == 1024 and data["settings"]["token_seed"] == 0
     assert data["source_heads"][1][0] == [0, 0]  # the planted induction head reads the planted previous-token head
     edge = data["edges"][0]

@@ -149,8 +149,10 @@ def test_prefix_share_is_the_context_share_of_the_summed_source_gains(overrides,
     """prefix-share: each head's score is its context's prefix share at the gain its sources add (their predicted
     previous-token share times their gain in nats at its input) plus the query-side gain of what earlier layers' heads
     copied (each head's output times its predicted prefix share, summed over earlier layers), its source the largest
-    key-side term; the mean field is first order: each layer's attention output is computed from the stand-ins' own
-    content (embeddings through the MLP blocks, dense brute force), not from earlier layers' mean-field outputs."""
+    key-side term; the mean field is first order: each layer's attention output and its heads' copies are computed
+    from the stand-ins' own content (embeddings through the MLP blocks, dense brute force) as it stands in the
+    normalised residual (divided by the RMS of content plus earlier layers' mean-field outputs), not from earlier
+    layers' mean-field outputs."""
     import circuits.analysis.induction as induction
 
     calls = {name: [] for name in ("layer_context", "_query_side_gain", "_copied_outputs", "mean_field_attention")}
@@ -171,15 +173,20 @@ def test_prefix_share_is_the_context_share_of_the_summed_source_gains(overrides,
     np.testing.assert_allclose(prediction.edge_strength, previous[:, :, None, None] * prediction.token_gain, rtol=1e-5, atol=1e-7)
     key_side = prediction.edge_strength.sum(axis=(0, 1))
 
-    content = brute_standins(model, sample_token_ids(c.vocab_size, 64, 0))
+    content = brute_standins(model, sample_token_ids(c.vocab_size, 64, 0), normalise=False)
     layer_rms = [float(output_rms) for _, (_, _, output_rms) in calls["mean_field_attention"]]
     copies = [np.asarray(out) / (layer_rms[layer] if c.block.post_norms else 1.0) for layer, (_, out) in enumerate(calls["_copied_outputs"])]
     for layer, ((args, _), context) in enumerate(zip(calls["mean_field_attention"], (out for _, out in calls["layer_context"]))):
         _, _, wv, _ = dense_heads(model, layer)
         bias = np.asarray(model.tensor("bv", layer), np.float64) if c.block.qkv_bias else np.zeros((c.n_kv_heads, c.head_dim))
         values, keep = np.asarray(args[0]), np.asarray(args[1])
-        expected = np.stack([content[layer] @ wv[kv * c.q_per_kv] + bias[kv] for kv in range(c.n_kv_heads)], axis=1)
+        # the content's part of the normalised residual: content / RMS(content + earlier layers' mean-field outputs)
+        residual = content[layer] + sum(np.asarray(out[0], np.float64) for _, out in calls["mean_field_attention"][:layer])
+        own = content[layer] / np.sqrt((residual**2).mean(-1, keepdims=True))
+        expected = np.stack([own @ wv[kv * c.q_per_kv] + bias[kv] for kv in range(c.n_kv_heads)], axis=1)
         np.testing.assert_allclose(values[keep], expected[keep], rtol=1e-3, atol=1e-4)  # first order: the stand-ins' own content
+        copied_values = np.asarray(calls["_copied_outputs"][layer][0][0])  # the copies come from the same content values
+        np.testing.assert_allclose(copied_values[keep], expected[keep], rtol=1e-3, atol=1e-4)
 
         query_side = np.zeros(c.n_heads)
         if layer > 0:

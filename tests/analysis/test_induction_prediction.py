@@ -1,5 +1,7 @@
-"""The weight-only induction predictor (``kcomp-token-zgain``) against brute-force products of full matrices, on every
+"""The weight-only induction predictor (every token-level method) against brute-force products of full matrices, on every
 block kind (biases, QK-norm, post-norms, offsets, per-layer RoPE)."""
+
+import dataclasses
 
 import jax.numpy as jnp
 import numpy as np
@@ -80,7 +82,7 @@ def test_rope_average_is_the_mean_rotary_logit_over_offsets():
                          ids=["gqa", "mha-attention-only", "qkv-biases", "gemma3-block"])
 def test_factored_prediction_equals_brute_force(overrides):
     model = random_transformer(n_layers=3, **overrides)
-    prediction = predict_induction(model, n_tokens=32, token_seed=1)
+    prediction = predict_induction(model, method="kcomp-token-zgain", n_tokens=32, token_seed=1)
     k_comp, z, gain = brute_prediction(model, 32, 1)
     later = np.zeros(k_comp.shape, bool)
     for l1 in range(3):
@@ -104,7 +106,7 @@ def test_rms_normalised_gain_is_the_gain_at_the_reading_heads_input(overrides):
     c = model.config
     x, residual_rms = brute_standins(model, sample_token_ids(c.vocab_size, 32, 1), with_rms=True)
     rms_method = predict_induction(model, n_tokens=32, token_seed=1, method="token-zgain-rms")
-    plain = predict_induction(model, n_tokens=32, token_seed=1)
+    plain = predict_induction(model, method="kcomp-token-zgain", n_tokens=32, token_seed=1)
     for l1 in range(c.n_layers):
         _, _, wv, _ = dense_heads(model, l1)
         stored_wo = dense_heads(model, l1, fold=False)[3]  # what the post-attention norm divides: no gain folded in
@@ -117,7 +119,8 @@ def test_rms_normalised_gain_is_the_gain_at_the_reading_heads_input(overrides):
 
 def test_prediction_records_its_method_and_legacy_method_is_reachable():
     model = random_transformer(n_layers=3)
-    new = predict_induction(model, n_tokens=64, token_seed=3, rope_offsets=(4, 64))
+    assert predict_induction(model, n_tokens=64).method == "prefix-share"  # the default
+    new = predict_induction(model, method="kcomp-token-zgain", n_tokens=64, token_seed=3, rope_offsets=(4, 64))
     assert (new.method, new.settings.n_tokens, new.settings.token_seed, new.settings.rope_offsets) == ("kcomp-token-zgain", 64, 3, (4, 64))
     assert new.preprocessing.rope_offsets == (4, 64)
     without_gain = predict_induction(model, method="kcomp-token-z", n_tokens=64, token_seed=3, rope_offsets=(4, 64))
@@ -138,9 +141,9 @@ def test_blown_up_standins_are_dropped_not_propagated():
     embed = model.embed[...]
     model.embed[...] = embed.at[5].multiply(1e6)  # one token whose residual is a million times the rest
     ids = np.arange(model.config.vocab_size)
-    prediction = predict_induction(model, n_tokens=len(ids))
+    prediction = predict_induction(model, method="kcomp-token-zgain", n_tokens=len(ids))
     assert np.isfinite(prediction.token_terms).all()
-    reference = predict_induction(random_transformer(n_layers=3), n_tokens=len(ids))
+    reference = predict_induction(random_transformer(n_layers=3), method="kcomp-token-zgain", n_tokens=len(ids))
     assert not np.allclose(prediction.token_terms, reference.token_terms)  # token 5 really was in the sample
     assert np.isfinite(reference.token_terms).all()
 
@@ -153,7 +156,8 @@ def test_circuits_analysis_face_streams_a_checkpoint(make_llama):
     prediction = circuits.analysis.predict_induction(circuits.open_weights(directory), n_tokens=64)
     assert prediction.predicted_induction.scores.shape == (3, 8)
     assert prediction.source_heads.shape == (3, 8, 2) and (prediction.source_heads[0] == -1).all()
-    assert prediction.predicted_induction.scores[0].max() == 0  # nothing earlier for layer 0 to read
+    # nothing earlier for layer 0 to read: only the share a key gets by chance (about 1 / 75, the mean context length)
+    assert prediction.predicted_induction.scores[0].max() < 0.05
 
 
 TESTBEDS = {
@@ -161,10 +165,17 @@ TESTBEDS = {
     "mha-tied": dict(n_layers=5, n_heads=4, n_kv_heads=4, tie_embeddings=True),
     "qkv-biases": dict(n_layers=4, n_heads=8, n_kv_heads=2, family="qwen2"),
     "qk-norm-mqa": dict(n_layers=4, n_heads=4, n_kv_heads=1, family="gemma3"),
+    "early-induction": dict(n_layers=5, n_heads=4, n_kv_heads=4),
 }
 """Models this project trains itself on repeated segments until induction heads form (SwiGLU or GeGLU MLPs, RoPE):
 grouped-query attention with G = 4 and an untied unembedding; multi-head attention with tied embeddings; Qwen2's
-q/k/v biases; Gemma 3's block (QK-norm, post-norms, GeGLU, embedding scale) with one KV head for four query heads."""
+q/k/v biases; Gemma 3's block (QK-norm, post-norms, GeGLU, embedding scale) with one KV head for four query heads;
+induction in early layers of a deeper model (:data:`CURRICULA`)."""
+CURRICULA = {"early-induction": (((2, 3, 4), 300), ((1,), 300), ((), 200))}
+"""Testbeds trained in phases of (layers whose heads are zero-ablated, steps): induction forms in layer 1 while layers
+2-4 are ablated, then in layer 2 while layer 1 is, then all train together. Induction heads end up in layers 1 and 2 of
+5, beside trained deeper heads that do not induct: scores must compare across layers (the weight-only scores of the
+K-composition methods grow with depth; on this testbed they rank the layer-2 induction heads below layer 3's)."""
 DEFAULT_TESTBEDS = ("gqa-untied", "mha-tied")  # where the default method's bar below has held since it was introduced
 
 
@@ -178,6 +189,25 @@ def agreement_figures(predicted: np.ndarray, prefix: np.ndarray, threshold: floa
     return k, sum(prefix[h] >= threshold for h in top[:5]), sum(prefix[h] >= threshold for h in top), spearman(predicted, prefix)
 
 
+def train_testbed(shape: str):
+    """The testbed ``shape`` trained on BOS + repeated random segments (600 steps, or its curriculum's phases)."""
+    from circuits.formation.clamps import Clamp
+    from circuits.formation.training import Trainer, TrainSettings
+
+    config = TESTBEDS[shape]
+    settings = TrainSettings(task="repeat", batch_size=32, eval_every=100, checkpoint_every=100, d_model=128, d_mlp=256,
+                             vocab_size=128, min_length=16, max_length=24, **config)
+    trainer = None
+    for ablated, steps in CURRICULA.get(shape, (((), 600),)):
+        heads = ",".join(f"L{layer}H{head}" for layer in ablated for head in range(config["n_heads"]))
+        phase = Trainer(dataclasses.replace(settings, steps=steps), Clamp.parse(f"ablate:{heads}") if heads else Clamp())
+        if trainer is not None:
+            phase.start_from(trainer)
+        phase.train()
+        trainer = phase
+    return trainer.model
+
+
 @pytest.mark.parametrize("shape", list(TESTBEDS))
 def test_testbeds_trained_by_the_project_rank_their_induction_heads_first(shape):
     """On every testbed, ``prefix-share`` (measured on its own context, BOS + 20 tokens x 2 as the testbeds are
@@ -189,14 +219,8 @@ def test_testbeds_trained_by_the_project_rank_their_induction_heads_first(shape)
     from circuits.analysis.attention import attention_scores
     from circuits.analysis.context import ContextProtocol
     from circuits.analysis.repeated_tokens import repeated_random_tokens
-    from circuits.formation.clamps import Clamp
-    from circuits.formation.training import Trainer, TrainSettings
 
-    settings = TrainSettings(task="repeat", steps=600, batch_size=32, eval_every=100, checkpoint_every=100, d_model=128,
-                             d_mlp=256, vocab_size=128, min_length=16, max_length=24, **TESTBEDS[shape])
-    trainer = Trainer(settings, Clamp())
-    trainer.train()
-    model = trainer.model
+    model = train_testbed(shape)
     measured = [attention_scores(model, repeated_random_tokens(model.config, batch=16, length=20, seed=seed)) for seed in (0, 1, 2)]
     prefix = np.mean([m["prefix_matching"].scores for m in measured], axis=0)
     previous = np.mean([m["previous_token"].scores for m in measured], axis=0)

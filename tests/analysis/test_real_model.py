@@ -94,8 +94,10 @@ def test_top_prefix_matching_heads_sit_in_layers_17_to_24_and_matter(smollm2):
 
 
 def test_weights_alone_find_the_measured_induction_heads(smollm2):
-    """The central claim on a real model: the weight-only prediction ranks the heads that measurably do
-    induction first, for several token samples, and names measured previous-token heads as their sources."""
+    """The central claim on a real model: the weight-only prediction (the default method, ``prefix-share``) ranks the
+    heads that measurably do induction first, for several token samples (precision@5 1.0, as the predictor issue
+    asks; 0.8 before the content's values were divided by the whole residual's RMS), ranks all heads (Spearman >= 0.6;
+    0.50 for ``kcomp-token-zgain``) and names measured previous-token heads as their sources."""
     from circuits.analysis.agreement import precision_at_k, spearman, top_heads
     from circuits.analysis.attention import attention_scores
     from circuits.analysis.induction import predict_induction
@@ -110,9 +112,10 @@ def test_weights_alone_find_the_measured_induction_heads(smollm2):
         figures = (precision_at_k(predicted, prefix, 5), overlap, spearman(predicted, prefix))
         sources = [prediction.source_of(layer, head) for layer, head in top_heads(predicted, 5)]
         from_previous_token_heads = sum(previous[s] >= 0.5 for s in sources)
+        rho_previous = spearman(prediction.previous_token.scores, previous)
         print(f"token seed {token_seed}: precision@5 {figures[0]:.1f}, top-9 overlap {overlap}/9, Spearman {figures[2]:.3f}, "
-              f"{from_previous_token_heads}/5 sources are measured previous-token heads")
-        assert figures[0] >= 0.8 and overlap >= 7 and figures[2] >= 0.4, figures
+              f"{from_previous_token_heads}/5 sources are measured previous-token heads, previous-token Spearman {rho_previous:.3f}")
+        assert figures[0] == 1.0 and overlap >= 7 and figures[2] >= 0.6, figures
         assert from_previous_token_heads == 5, sources
         # the weight-only previous-token preference (a diagnostic) ranks the measured previous-token heads
-        assert spearman(prediction.previous_token.scores, previous) >= 0.6
+        assert rho_previous >= 0.6

@@ -168,7 +168,7 @@ def test_planted_circuit_is_ranked_first_from_weights_alone():
     from circuits.analysis.induction import predict_induction
 
     model = circuits.load("demo-induction")
-    prediction = predict_induction(model)
+    prediction = predict_induction(model, method="kcomp-token-zgain")
     assert prediction.predicted_induction.top(1)[0][:2] == (1, 0)
     first = prediction.edges[0]
     assert (first.prev_layer, first.prev_head, first.layer, first.head) == (0, 0, 1, 0)

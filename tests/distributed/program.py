@@ -61,7 +61,7 @@ config = model.config
 tokens = np.random.default_rng(0).integers(1, config.vocab_size, (4, 24)).astype(np.int32)
 logits = host_array(nnx.jit(lambda m, t: m.forward(t)[0])(model, tokens))
 losses = sweep_losses(model, tokens, np.ones(23, bool), ablate=one_head_each(config), show_progress=False)
-prediction = predict_induction(circuits.open_weights(checkpoint, show_progress=False), n_tokens=256)
+prediction = predict_induction(circuits.open_weights(checkpoint, show_progress=False), method="kcomp-token-zgain", n_tokens=256)
 share = predict_induction(circuits.open_weights(checkpoint, show_progress=False), method="prefix-share", n_tokens=256)
 characters = Tokenizer(models.BPE(vocab={chr(i): i for i in range(128)}, merges=[]))
 icl = run_icl(model, characters, "tiny", ICLSettings(fractions=(0.125,), prompts_per_task=4, random_seeds=(0,),

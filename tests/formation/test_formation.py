@@ -230,7 +230,7 @@ def test_short_run_forms_an_induction_head_found_by_weights_and_by_prefix_matchi
     assert "\n" not in repr(trainer.models()) and repr(trainer.models()).startswith("[Transformer(")  # short in a notebook
     measured = prefix_matching_scores(model, data).scores
     previous = previous_token_scores(model, data).scores
-    prediction = predict_induction(model)
+    prediction = predict_induction(model, method="kcomp-token-zgain")
     predicted = prediction.predicted_induction.scores
 
     assert untrained.max() < 0.3
