@@ -49,9 +49,10 @@ def test_greedy_continuation_is_sensible(gemma, tokenizer):
 
 def test_prefix_share_names_induction_heads_and_the_previous_token_heads(gemma):
     """``prefix-share`` on a real multi-query QK-norm model no one tuned it to: its top 2 are measured induction heads
-    (prefix matching >= 0.4: L11H2 and L5H2), it ranks all heads at Spearman >= 0.6 (0.81), and its weight-only
-    previous-token share ranks the measured previous-token scores at Spearman >= 0.75 (0.79 with the first-order mean
-    field, 0.89 before it; the older preference reached 0.30 here)."""
+    (prefix matching >= 0.4: L5H1 and L5H2), it ranks all heads at Spearman >= 0.75 (0.83; 0.81 before the content's
+    values were divided by the whole residual's RMS), and its weight-only previous-token share ranks the measured
+    previous-token scores at Spearman >= 0.75 (0.82; 0.79 before that, 0.89 before the first-order mean field; the
+    older preference reached 0.30 here)."""
     from circuits.analysis.agreement import spearman, top_heads
     from circuits.analysis.attention import attention_scores
     from circuits.analysis.induction import predict_induction
@@ -64,4 +65,4 @@ def test_prefix_share_names_induction_heads_and_the_previous_token_heads(gemma):
     print(f"Gemma 3 270M prefix-share: top {top_heads(predicted, 5)}, Spearman {spearman(predicted, prefix):.3f}, "
           f"previous-token share Spearman {rho_previous:.3f}")
     assert all(prefix[head] >= 0.4 for head in top_heads(predicted, 2)), top_heads(predicted, 2)
-    assert rho_previous >= 0.75 and spearman(predicted, prefix) >= 0.6
+    assert rho_previous >= 0.75 and spearman(predicted, prefix) >= 0.75
