@@ -28,7 +28,8 @@ PREDICTED_GUIDE = {
 * **predicted induction** (weights only, method prefix-share): the predicted prefix-matching score itself, on the
   measured scale: the expected share of attention on the matching key in the measured context (BOS + 50 random
   tokens x 2), where that key gains, from every earlier head j, j's predicted previous-token share x its logit
-  gain in nats (computed on token stand-ins that receive mean-field attention outputs; BOS exact).
+  gain in nats, and from the query side what earlier induction heads copy into the query (computed on token
+  stand-ins that receive mean-field attention outputs; BOS exact).
 * **source head** (weights only): the earlier head j that adds the most to that gain, the predicted previous-token head.
 """,
 }

@@ -136,3 +136,16 @@ def test_prefix_share_report_puts_predicted_on_the_measured_scale_and_names_miss
     assert "predicted induction (weights only, predicted attention share)" in page
     assert "(weights only, method prefix-share): the predicted prefix-matching score itself" in markdown
     assert "method kcomp-token-zgain" not in markdown and "log colour scale" not in page and "linear scale, 0 to 1" in page
+
+
+def test_a_relative_score_report_says_its_scale_is_relative(tmp_path):
+    """``--method kcomp-token-zgain`` (the default before ``prefix-share``): the report records the method, explains its
+    score as relative (order and ratios, not size) and colours it on a log scale, never on the measured 0-1 scale."""
+    out = tmp_path / "report"
+    assert main(["report", "demo-induction", "--method", "kcomp-token-zgain", "--out", str(out)]) == 0
+    data = json.loads((out / "report.json").read_text())
+    assert data["method"] == "kcomp-token-zgain" and np.asarray(data["predicted_induction"]).max() > 1.0
+    markdown, page = (out / "report.md").read_text(), (out / "report.html").read_text()
+    assert "its order and ratios carry the prediction, not its size" in markdown
+    assert "(weights only, method kcomp-token-zgain): the strongest edge from an earlier head j" in markdown
+    assert "log colour scale" in page and "linear scale, 0 to 1" not in page and "predicted and measured share one scale" not in markdown
