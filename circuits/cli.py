@@ -305,7 +305,7 @@ def build_parser() -> argparse.ArgumentParser:
     analyze.add_argument("--top", type=_positive, default=None, help="heads and edges to show (default: 10, or every head of a smaller model)")
     analyze.add_argument("--method", choices=METHODS, default=METHODS[0],
                          help="; ".join(f"{name}: {text}" for name, text in METHOD_HELP.items()))
-    analyze.add_argument("--tokens", type=_positive, default=1024, help="token stand-ins sampled for the kcomp-token-* methods")
+    analyze.add_argument("--tokens", type=_positive, default=1024, help="token stand-ins sampled for the token-level methods (all but ov-kcomp-eigen)")
     analyze.add_argument("--token-seed", type=int, default=0, help="seed of the token sample")
     analyze.add_argument("--max-pairs", type=_positive, default=4096, help="head pairs that get eigenvalue terms (ov-kcomp-eigen only)")
     analyze.add_argument("--no-fold-norms", action="store_true", help="score raw weights (RMSNorm gains not folded in)")

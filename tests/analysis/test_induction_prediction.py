@@ -176,7 +176,7 @@ CURRICULA = {"early-induction": (((2, 3, 4), 300), ((1,), 300), ((), 200))}
 2-4 are ablated, then in layer 2 while layer 1 is, then all train together. Induction heads end up in layers 1 and 2 of
 5, beside trained deeper heads that do not induct: scores must compare across layers (the weight-only scores of the
 K-composition methods grow with depth; on this testbed they rank the layer-2 induction heads below layer 3's)."""
-DEFAULT_TESTBEDS = ("gqa-untied", "mha-tied")  # where the default method's bar below has held since it was introduced
+KCOMP_TESTBEDS = ("gqa-untied", "mha-tied")  # where kcomp-token-zgain's bar below has held since it was introduced (the default until prefix-share)
 
 
 def agreement_figures(predicted: np.ndarray, prefix: np.ndarray, threshold: float = 0.4) -> tuple[int, int, int, float]:
@@ -215,7 +215,7 @@ def test_testbeds_trained_by_the_project_rank_their_induction_heads_first(shape)
     k overlap the measured top k by >= 80%, Spearman >= 0.6 over all heads, and each induction head reads from a
     measured previous-token head (>= 0.4, or within 10% of the most previous-token head there is: the QK-norm
     testbed's four layer-0 heads share one W_K and measure 0.33-0.40). On the two Llama-style testbeds
-    the default method ranks every head with prefix matching >= 0.75 above every head < 0.5."""
+    ``kcomp-token-zgain`` ranks every head with prefix matching >= 0.75 above every head < 0.5."""
     from circuits.analysis.attention import attention_scores
     from circuits.analysis.context import ContextProtocol
     from circuits.analysis.repeated_tokens import repeated_random_tokens
@@ -236,7 +236,7 @@ def test_testbeds_trained_by_the_project_rank_their_induction_heads_first(shape)
     for layer, head in zip(*np.nonzero(prefix >= 0.4)):
         source = share.source_of(layer, head)
         assert previous[source] >= min(0.4, 0.9 * previous[:layer].max()), (layer, head, source, previous.round(2))
-    if shape in DEFAULT_TESTBEDS:
+    if shape in KCOMP_TESTBEDS:
         predicted, inducting = predictions["kcomp-token-zgain"].predicted_induction.scores, prefix >= 0.75
         assert predicted[inducting].min() > predicted[prefix < 0.5].max(), (predicted.round(2), prefix.round(2))
         for layer, head in zip(*np.nonzero(inducting)):
