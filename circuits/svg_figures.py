@@ -181,16 +181,21 @@ class ScatterPoint:
     highlighted: bool = False
 
 
-def prediction_scatter(points: list[ScatterPoint], *, title: str, x_label: str, y_label: str, log_x: bool) -> str:
+def prediction_scatter(points: list[ScatterPoint], *, title: str, x_label: str, y_label: str, log_x: bool,
+                       on_measured_scale: bool = False) -> str:
     """SVG scatter of every head's predicted score (x; log scale with ``log_x``, values at or below its floor on the
-    left edge) against its measured score (y, 0 to 1). Highlighted heads are red and labelled, labels placed so
-    that none overprints another or a highlighted point."""
+    left edge) against its measured score (y, 0 to 1). With ``on_measured_scale`` (a prediction of the measured score
+    itself) x runs 0 to 1 as y does, with the diagonal predicted = measured: a calibration plot. Highlighted heads are
+    red and labelled, labels placed so that none overprints another or a highlighted point."""
     width, height, left, right, top, bottom = 640.0, 430.0, 52.0, 16.0, 26.0, 40.0
     plot_w, plot_h = width - left - right, height - top - bottom
-    scale = ColourScale.fit(np.array([p.predicted for p in points]), kind="log" if log_x else "linear",
-                            low=0.0 if not log_x else None)
-    highest = max([p.predicted for p in points] + [1e-30])
-    scale = dataclasses.replace(scale, high=highest) if not log_x else scale
+    if on_measured_scale:
+        scale = ColourScale(0.0, 1.0)
+    else:
+        scale = ColourScale.fit(np.array([p.predicted for p in points]), kind="log" if log_x else "linear",
+                                low=0.0 if not log_x else None)
+        highest = max([p.predicted for p in points] + [1e-30])
+        scale = dataclasses.replace(scale, high=highest) if not log_x else scale
 
     def x_of(value: float) -> float:
         return left + plot_w * scale.share(value)
@@ -208,6 +213,9 @@ def prediction_scatter(points: list[ScatterPoint], *, title: str, x_label: str, 
         prefix = "<= " if log_x and share == 0 else ""
         anchor = "start" if share == 0 else "end" if share == 1 else "middle"
         parts.append(_text(left + plot_w * share, top + plot_h + 13, f"{prefix}{value:.3g}", text_anchor=anchor))
+    if on_measured_scale:
+        parts.append(f'<line class="diagonal" x1="{x_of(0.0):.1f}" y1="{y_of(0.0):.1f}" x2="{x_of(1.0):.1f}" y2="{y_of(1.0):.1f}" '
+                     f'stroke="#999" stroke-dasharray="4 3"><title>predicted = measured</title></line>')
     parts.append(_text(left + plot_w / 2, height - 6, x_label + (" (log scale)" if log_x else ""), text_anchor="middle"))
     parts.append(f'<text x="12" y="{top + plot_h / 2:.1f}" transform="rotate(-90 12 {top + plot_h / 2:.1f})" '
                  f'text-anchor="middle">{html.escape(y_label)}</text>')

@@ -269,7 +269,8 @@ def _scatter(report) -> str:
                                        (layer, head) in highlighted))
     return prediction_scatter(points, title="predicted induction vs measured prefix matching, every head",
                               x_label=f"predicted induction (weights only, {SCORE_AXES[report.method]})", y_label="prefix matching (measured)",
-                              log_x=report.method not in SHARE_METHODS and ColourScale.suited(predicted) == "log")
+                              log_x=report.method not in SHARE_METHODS and ColourScale.suited(predicted) == "log",
+                              on_measured_scale=report.method in SHARE_METHODS)
 
 
 def report_html(report) -> str:

@@ -134,6 +134,8 @@ def test_prefix_share_report_puts_predicted_on_the_measured_scale_and_names_miss
     assert "predicted and measured share one scale" in markdown
     assert "Misses: predicted but not measured as induction heads: none; measured among the top 1 but not predicted there: none." in markdown
     assert "predicted induction (weights only, predicted attention share)" in page
+    scatter = page[page.index("predicted induction vs measured prefix matching"):]
+    assert 'class="diagonal"' in scatter and ">1</text>" in scatter  # a calibration plot: x runs 0 to 1 as y does
     assert "(weights only, method prefix-share): the predicted prefix-matching score itself" in markdown
     assert "method kcomp-token-zgain" not in markdown and "log colour scale" not in page and "linear scale, 0 to 1" in page
 
@@ -149,3 +151,4 @@ def test_a_relative_score_report_says_its_scale_is_relative(tmp_path):
     assert "its order and ratios carry the prediction, not its size" in markdown
     assert "(weights only, method kcomp-token-zgain): the strongest edge from an earlier head j" in markdown
     assert "log colour scale" in page and "linear scale, 0 to 1" not in page and "predicted and measured share one scale" not in markdown
+    assert 'class="diagonal"' not in page  # no predicted = measured line for a relative score
