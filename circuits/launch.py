@@ -19,8 +19,10 @@ import signal
 import socket
 import subprocess
 import sys
+import tempfile
 import threading
 import time
+from pathlib import Path
 
 from circuits.distributed import ENVIRONMENT, LAUNCHED
 
@@ -35,10 +37,10 @@ def _command(words: list[str]) -> list[str]:
     return [sys.executable, "-m", "circuits.cli", *words[1:]] if words[0] == "circuits" else words
 
 
-def _environment(process: int, processes: int, port: int, devices: int | None) -> dict[str, str]:
+def _environment(process: int, processes: int, port: int, devices: int | None, reports: str) -> dict[str, str]:
     env = dict(os.environ)
     env.update({ENVIRONMENT["coordinator"]: f"127.0.0.1:{port}", ENVIRONMENT["num_processes"]: str(processes),
-                ENVIRONMENT["process_id"]: str(process), LAUNCHED: "1"})
+                ENVIRONMENT["process_id"]: str(process), LAUNCHED: reports})
     if devices is not None:
         flags = [flag for flag in env.get("XLA_FLAGS", "").split() if not flag.startswith("--xla_force_host_platform_device_count")]
         env["XLA_FLAGS"] = " ".join(flags + [f"--xla_force_host_platform_device_count={devices}"])
@@ -70,20 +72,37 @@ def _new_failures(children: list[subprocess.Popen], seen: list[tuple[int, int]])
             if child.returncode not in (None, 0) and process not in known]
 
 
-def _cause(failures: list[tuple[int, int]]) -> tuple[int, int]:
-    """The failure that caused the others: a death by signal (the others only lost their peer; a killed process closes
-    its sockets before it can be reaped, so a peer can be seen failing first), else the first seen."""
-    return next((failure for failure in failures if failure[1] < 0), failures[0])
+def _reported(reports: Path) -> list[tuple[int, int]]:
+    """(process, status) of the processes that failed on their own (see :data:`circuits.distributed.LAUNCHED`),
+    the first to fail first."""
+    written = sorted(reports.glob("process-[0-9]*"), key=lambda path: path.stat().st_mtime_ns)
+    return [(int(path.name.split("-")[1]), int(path.read_text().split("\t")[0])) for path in written if path.name[8:].isdigit()]
+
+
+def _cause(failures: list[tuple[int, int]], reported: list[tuple[int, int]]) -> tuple[int, int]:
+    """The failure that caused the others. A process killed by a signal other than SIGABRT, that reported nothing:
+    the others only lost their peer, and may have failed and reported in turn (a killed process closes its sockets
+    before it can be reaped, so a peer can be seen failing first). Else the first process that reported its failure
+    (its own exit may then end by SIGABRT: XLA aborts a process whose coordinator, process 0, left first). Else a
+    death by signal, else the first failure seen."""
+    reporters = {process for process, _ in reported}
+    killed = [failure for failure in failures if failure[1] < 0 and failure[1] != -signal.SIGABRT and failure[0] not in reporters]
+    return (killed or reported or [failure for failure in failures if failure[1] < 0] or failures)[0]
 
 
 def launch(command: list[str], processes: int, devices: int | None = None, grace: float = 30.0, port: int | None = None) -> int:
     """Run ``command`` as ``processes`` processes of one JAX run; the run's exit status (see the module docstring)."""
     port = port or free_port()
+    with tempfile.TemporaryDirectory(prefix="circuits-launch-") as reports:
+        return _run(command, processes, devices, grace, port, Path(reports))
+
+
+def _run(command: list[str], processes: int, devices: int | None, grace: float, port: int, reports: Path) -> int:
     children = []
     for process in range(processes):
         quiet = process > 0
         children.append(subprocess.Popen(
-            _command(command), env=_environment(process, processes, port, devices),
+            _command(command), env=_environment(process, processes, port, devices, str(reports)),
             stdout=subprocess.DEVNULL if quiet else None, stderr=subprocess.PIPE if quiet else None,
         ))
         if quiet:
@@ -114,7 +133,7 @@ def launch(command: list[str], processes: int, devices: int | None = None, grace
         failures += _new_failures(children, failures)
     if not failures:
         return 0
-    process, status = _cause(failures)
+    process, status = _cause(failures, _reported(reports))
     if status < 0:
         print(f"error: {_status_text(process, status)}; the other processes were stopped", file=sys.stderr)
         return 128 - status

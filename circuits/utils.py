@@ -136,6 +136,19 @@ def remove_stale_partials(target: str | Path) -> None:
             entry.unlink(missing_ok=True)
 
 
+def remove_written_tree(path: str | Path, settle_s: float = 0.5, timeout_s: float = 10.0) -> None:
+    """Delete ``path``, a directory a library's background writers may still be filling after a failed write
+    (TensorStore creates missing parent directories as it goes): removed again until it stays gone for
+    ``settle_s`` seconds, for at most ``timeout_s``. A path that is already gone returns at once."""
+    import time
+
+    path = Path(path)
+    deadline = time.monotonic() + timeout_s
+    while path.exists() and time.monotonic() < deadline:
+        shutil.rmtree(path, ignore_errors=True)
+        time.sleep(settle_s)
+
+
 def atomic_write_text(path: str | Path, text: str) -> Path:
     """Write ``text`` to ``path`` through a temporary file in the same directory, then rename: never half-written.
     In a multi-process run only process 0 writes (:func:`circuits.distributed.is_writer`)."""

@@ -19,7 +19,7 @@ from circuits.convert.dtypes import resolve_dtype
 from circuits.convert.errors import CheckpointError
 from circuits.models.sharding import check_mesh_fits, param_sharding
 from circuits.models.transformer import Transformer
-from circuits.utils import remove_stale_partials, swap_in
+from circuits.utils import remove_stale_partials, remove_written_tree, swap_in
 from circuits.world_errors import check_room, library_noise_held, raise_as_write_error
 
 
@@ -93,7 +93,7 @@ def save_cache(model: Transformer, destination: str | Path, *, overwrite: bool =
             tokenizer.save(str(staging / "tokenizer.json"))
         swap_in(staging, destination, retired)
     finally:
-        shutil.rmtree(staging, ignore_errors=True)
+        remove_written_tree(staging)
     return destination
 
 

@@ -10,7 +10,6 @@ from __future__ import annotations
 
 import dataclasses
 import json
-import shutil
 from pathlib import Path
 
 import jax
@@ -26,6 +25,7 @@ from circuits.formation.tasks import FewShotTask, RepeatTask, TaskBatch
 from circuits.models.config import ModelConfig
 from circuits.models.layout import FAMILY_BLOCKS
 from circuits.models.transformer import Transformer
+from circuits.utils import remove_written_tree
 from circuits.world_errors import library_noise_held, raise_as_write_error
 
 EVAL_BATCH = 512
@@ -270,7 +270,7 @@ class Trainer:
                 self.manager.wait_until_finished()
         except Exception as err:
             for partial in self.manager.directory.glob("*.orbax-checkpoint-tmp*"):  # the step that failed: never half-written
-                shutil.rmtree(partial, ignore_errors=True)
+                remove_written_tree(partial)
             raise_as_write_error(err, f"the training checkpoint of step {self.step}")
             raise
 

@@ -158,3 +158,28 @@ def test_a_flipped_sign_bit_anywhere_changes_the_checksum():
     clean = int(_checksum(values))
     for index in range(64):
         assert int(_checksum(values.at[index].set(-values[index]))) != clean, index
+
+
+def test_a_failed_write_is_removed_even_while_background_writers_recreate_it(tmp_path):
+    """After a failed Orbax write, TensorStore's threads can still be creating files (and their parent directories)
+    under the staging directory; one ``rmtree`` then leaves it behind."""
+    import threading
+    import time
+
+    from circuits.utils import remove_written_tree
+
+    staging = tmp_path / ".cache.partial-1"
+    stop = time.monotonic() + 0.4
+
+    def late_writer():
+        while time.monotonic() < stop:
+            (staging / "params" / "d").mkdir(parents=True, exist_ok=True)
+            (staging / "params" / "d" / f"{time.monotonic_ns()}").write_bytes(b"x" * 100)
+            time.sleep(0.02)
+
+    writer = threading.Thread(target=late_writer)
+    writer.start()
+    time.sleep(0.05)
+    remove_written_tree(staging, settle_s=0.2)
+    writer.join()
+    assert not staging.exists()
