@@ -150,6 +150,7 @@ def composition_tensors(
     chunk = max(1, CHUNK_BYTES // per_layer_bytes)
     for later in progress(range(n_layers), "composition scores", enabled=show_progress):
         w = rotate_keys(fold_qk_norm(reader.attention(later)), layer_rotations[later])
+        reader.read_ahead(later + 1)
         for start in range(0, later, chunk):
             stop = min(start + chunk, later)
             left = jnp.concatenate(factors[start:stop]).reshape(-1, config.head_dim, config.d_model)

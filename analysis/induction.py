@@ -528,6 +528,8 @@ def _predict_token_level(
         residual_rms[layer] = standins.residual_rms
         with phase("read attention weights") as done:
             raw = done(reader.attention(layer))
+        reader.read_ahead(layer, attention=False, mlp=True)  # read while this layer's attention is analysed
+        reader.read_ahead(layer + 1)
         if settings.mean_field:
             context = layer_context(raw, x, keep, standins.first(), context_tables[config.layer_kinds[layer]], scale, config.rms_norm_eps)
             shares = context_shares(context, jnp.zeros(context.itself.shape), protocol, layer_window(config, layer))

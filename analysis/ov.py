@@ -52,6 +52,7 @@ def ov_copying_scores(
     eigenvalues = np.zeros((config.n_layers, config.n_heads, config.head_dim), np.complex128)
     for layer in progress(range(config.n_layers), "OV eigenvalues", enabled=show_progress):
         weights = reader.attention(layer)
+        reader.read_ahead(layer + 1)
         eigenvalues[layer] = ov_eigenvalues(product, weights.wv, weights.wo)
     return HeadScores(
         name="ov_copying",

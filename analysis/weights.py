@@ -66,6 +66,10 @@ class MLPWeights:
     post_norm: jax.Array | None = None
 
 
+ATTENTION_MATRICES = ("wq", "wk", "wv", "wo")
+MLP_MATRICES = ("w_gate", "w_up", "w_down")
+
+
 class WeightReader:
     """Per-layer, preprocessed float32 weights from a tensor source, following the block's description
     (``config.block``): norm gains with their offset, post-norm gains, the embedding scale."""
@@ -87,6 +91,14 @@ class WeightReader:
     def embed_scale(self) -> float:
         """What the forward multiplies token embeddings by (sqrt(M) with ``BlockSpec.embed_scale``, else 1)."""
         return self.config.d_model**0.5 if self.config.block.embed_scale else 1.0
+
+    def read_ahead(self, layer: int, *, attention: bool = True, mlp: bool = False) -> None:
+        """Ask a memory-mapped source to start reading layer ``layer``'s attention and/or MLP matrices in the
+        background, so that a streaming pass reads what comes next while it computes. Other sources read on demand."""
+        start = getattr(self.source, "read_ahead", None)
+        if start is None or not 0 <= layer < self.config.n_layers:
+            return
+        start((ATTENTION_MATRICES if attention else ()) + (MLP_MATRICES if mlp and not self.config.attention_only else ()), layer)
 
     def attention(self, layer: int) -> AttentionWeights:
         """Layer ``layer``'s weights; with ``fold_norms`` the input RMSNorm gain scales every row (M) of W_Q, W_K,

@@ -254,6 +254,9 @@ class GGUFCheckpoint(TableCheckpoint):
                                   "convert the model to F16, BF16, Q8_0 or a K-quant GGUF") from err
         return np.asarray(array, dtype=np.float32).reshape(info.shape)
 
+    def _read_ahead(self, stored: str) -> None:
+        self.file.read_ahead(stored)
+
     def _read_rows(self, name: str, rows: slice | np.ndarray) -> np.ndarray:
         """Rows of matrix ``name`` dequantized to float32: only their blocks (a quantised row is whole blocks)."""
         import gguf

@@ -18,6 +18,8 @@ from pathlib import Path
 
 import numpy as np
 
+from circuits.convert.read_ahead import read_ahead
+
 MAGIC = b"GGUF"
 VERSIONS = (2, 3)
 SCALAR_FORMATS = {0: "B", 1: "b", 2: "H", 3: "h", 4: "I", 5: "i", 6: "f", 7: "?", 10: "Q", 11: "q", 12: "d"}  # value type -> struct code
@@ -169,6 +171,11 @@ class GGUFFile:
         cursor = _Cursor(self._map, len(self._map))
         cursor.offset = field.offset
         return [cursor.string(f"an item of {key}").decode("utf-8", errors="replace") for _ in range(field.count)]
+
+    def read_ahead(self, name: str) -> None:
+        """Start reading tensor ``name``'s bytes in the background (:func:`~circuits.convert.read_ahead.read_ahead`)."""
+        info = self.tensors[name]
+        read_ahead(self._map, info.offset, info.offset + info.n_bytes)
 
     def raw(self, name: str, byte_shape) -> np.ndarray:
         """Tensor ``name``'s bytes as a read-only uint8 array in rows of its stored blocks (``byte_shape`` maps

@@ -150,6 +150,9 @@ class HFCheckpoint(TableCheckpoint):
             config_name="config.json",
         )
 
+    def _read_ahead(self, stored: str) -> None:
+        self._where[stored].read_ahead(stored)
+
     def release_pages(self) -> None:
         """Unmap the pages read so far from every shard (see :meth:`SafetensorsFile.release_pages`)."""
         for file in {id(f): f for f in self._where.values()}.values():

@@ -17,6 +17,7 @@ from pathlib import Path
 import numpy as np
 
 from circuits.convert.dtypes import resolve_dtype
+from circuits.convert.read_ahead import read_ahead
 from circuits.models.config import is_whole_number
 
 DTYPES = {"F64": "float64", "F32": "float32", "F16": "float16", "BF16": "bfloat16"}
@@ -129,9 +130,17 @@ class SafetensorsFile:
         if self._data is not None:
             self._data._mmap.madvise(mmap.MADV_DONTNEED)
 
-    def tensor(self, name: str) -> np.ndarray:
-        """A read-only zero-copy view of tensor ``name``."""
+    def _mapped(self) -> np.memmap:
         if self._data is None:
             self._data = np.memmap(self.path, dtype=np.uint8, mode="r")
+        return self._data
+
+    def tensor(self, name: str) -> np.ndarray:
+        """A read-only zero-copy view of tensor ``name``."""
         dtype, shape, begin, end = self.entries[name]
-        return self._data[begin:end].view(dtype).reshape(shape)
+        return self._mapped()[begin:end].view(dtype).reshape(shape)
+
+    def read_ahead(self, name: str) -> None:
+        """Start reading tensor ``name``'s bytes in the background (:func:`~circuits.convert.read_ahead.read_ahead`)."""
+        _, _, begin, end = self.entries[name]
+        read_ahead(self._mapped()._mmap, begin, end)

@@ -9,7 +9,7 @@ stored tensors into canonical ones on demand.
 from __future__ import annotations
 
 from pathlib import Path
-from typing import Callable
+from typing import Callable, Iterable
 
 import numpy as np
 
@@ -127,6 +127,16 @@ class TableCheckpoint:
     def _read_rows(self, stored: str, rows: slice | np.ndarray) -> np.ndarray:
         """Rows of stored tensor ``stored``: cut from a memory-mapped read before anything is copied."""
         return self._read(stored)[rows]
+
+    def read_ahead(self, names: Iterable[str], layer: int | None = None) -> None:
+        """Start reading the stored tensors behind canonical ``names`` (of ``layer``) in the background where the
+        format allows (memory-mapped files: the OS reads them ahead); nothing is copied or checked yet. A streaming
+        pass asks for the next layer's tensors while it computes this one."""
+        for stored in dict.fromkeys(self._producer[name].stored_name.format(i=layer) for name in names if name in self._producer):
+            self._read_ahead(stored)
+
+    def _read_ahead(self, stored: str) -> None:
+        """Start reading stored tensor ``stored`` in the background; formats without memory-mapped data read on demand."""
 
     def tensor(self, name: str, layer: int | None = None) -> np.ndarray:
         """Canonical tensor ``name`` (of ``layer`` for per-layer parameters)."""
