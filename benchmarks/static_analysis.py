@@ -2,14 +2,14 @@
 model shapes, each phase against this machine's measured GEMM rate, and the naive way.
 
     python benchmarks/static_analysis.py [--shapes llama3-8b|internlm2-20b] [--format safetensors|gguf-q4_k]
-                                         [--layers N] [--predict-only] [--naive-layers 3] [--scratch DIR]
+                                         [--layers N] [--predict-only] [--naive-layers 3] [--scratch DIR] [--cold]
 
 1. Measures this machine's GEMM rate (4096 x 4096 products, float32 and bfloat16 inputs, float32 accumulation).
 2. Writes a random checkpoint with the chosen shapes: Llama-3-8B (32 layers, 32 heads, 8 KV heads, d_model 4096,
    MLP 14336, vocab 128256; bf16 safetensors, 16 GB, one shard per layer) or InternLM2-20B (48 layers, 48 heads,
    8 KV heads, d_model 6144, MLP 16384, vocab 92544, InternLM2's fused ``wqkv``; 40 GB); ``--format gguf-q4_k``
    writes the model as one GGUF file of random Q4_K blocks instead (4.5 GB at 8B), dequantised layer by layer.
-3. In a fresh process (its peak RSS is the analysis's own) times OV copying + all three composition tensors, then
+3. In a fresh process (its peak RSS is the analysis's own; with ``--cold`` after dropping the page cache) times OV copying + all three composition tensors, then
    ``predict_induction``, and prints each phase of the prediction: seconds, GFLOP, GFLOP/s and the fraction of the
    measured float32 GEMM rate.
 4. On SmolLM2-135M shapes (``--naive-layers`` layers) times the same scores the naive TransformerLens way
@@ -20,6 +20,7 @@ from __future__ import annotations
 
 import argparse
 import json
+import os
 import subprocess
 import sys
 import tempfile
@@ -207,6 +208,15 @@ def analyze(path: str, predict_only: bool, label: str, method: str) -> None:
     print_phases(log, rates["float32"])
 
 
+def drop_page_cache() -> None:
+    """Write dirty pages back, then drop the page cache (Linux, root only): the next read comes from disk."""
+    os.sync()
+    try:
+        Path("/proc/sys/vm/drop_caches").write_text("1\n")
+    except OSError as err:
+        sys.exit(f"error: --cold could not drop the page cache ({err.strerror}); fix: run as root, or leave --cold out")
+
+
 def main() -> None:
     parser = argparse.ArgumentParser(description=__doc__, formatter_class=argparse.RawDescriptionHelpFormatter)
     parser.add_argument("--shapes", default="llama3-8b", choices=sorted(SHAPES))
@@ -216,6 +226,8 @@ def main() -> None:
     parser.add_argument("--naive-layers", type=int, default=3, help="0 skips the naive comparison")
     parser.add_argument("--predict-only", action="store_true", help="time only predict_induction on the large shapes")
     parser.add_argument("--method", default=METHODS[0], choices=METHODS, help="the prediction method timed (default: the library's)")
+    parser.add_argument("--cold", action="store_true", help="drop the OS page cache before the analysis (needs root), so that "
+                        "the checkpoint is read from disk as on a first run, not from the pages its writing left in memory")
     parser.add_argument("--analyze", default=None, help=argparse.SUPPRESS)  # internal: analyse PATH in this process
     args = parser.parse_args()
     shapes = SHAPES[args.shapes]
@@ -235,6 +247,8 @@ def main() -> None:
             big = Path(scratch) / args.shapes
             write_random_checkpoint(big, n_layers, shapes)
         print(f"wrote a {n_layers}-layer {label} checkpoint in {time.perf_counter() - start:.0f} s", flush=True)
+        if args.cold:
+            drop_page_cache()
         # The analysis runs in a fresh process, so its peak RSS is not the writer's.
         subprocess.run([sys.executable, __file__, "--analyze", str(big), "--shapes", args.shapes, "--format", args.format,
                         "--method", args.method] + ["--predict-only"] * args.predict_only, check=True)
