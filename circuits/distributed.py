@@ -31,7 +31,7 @@ import numpy as np
 ENVIRONMENT = {"coordinator": "CIRCUITS_COORDINATOR", "num_processes": "CIRCUITS_NUM_PROCESSES", "process_id": "CIRCUITS_PROCESS_ID"}
 """Where :func:`initialize` finds its values when none are passed (the launcher sets them)."""
 LAUNCHED = "CIRCUITS_LAUNCHED"
-"""Set by :mod:`circuits.launch` to a directory where a failing process leaves ``process-I`` ("STATUS\tMESSAGE")
+"""Set by :mod:`circuits.launch` to a directory where a failing process leaves ``process-I`` (its exit status)
 before telling the others: the launcher reports the failure once (so the other processes stay quiet), and knows
 which process failed first even when that process's own exit is then cut short by the coordinator's."""
 FAILED_KEY = "circuits/failed"
@@ -188,7 +188,7 @@ def fail(status: int, message: str) -> None:
     if client is None or _state["count"] == 1:
         return
     _state["failed"] = True
-    _leave_report(status, message)
+    _leave_report(status)
     try:
         client.key_value_set(FAILED_KEY, f"{_state['process']}\t{status}\t{message}")
     except Exception:  # another process failed first: its status stands
@@ -250,14 +250,14 @@ def _watch_for_failures() -> None:
     _exit_now(int(status))
 
 
-def _leave_report(status: int, message: str) -> None:
+def _leave_report(status: int) -> None:
     """For the launcher (:data:`LAUNCHED`): this process failed on its own, with ``status``."""
     reports = os.environ.get(LAUNCHED)
     if not reports or not os.path.isdir(reports):
         return
     final = os.path.join(reports, f"process-{_state['process']}")
     with open(final + ".partial", "w", encoding="utf-8") as stream:
-        stream.write(f"{status}\t{message}")
+        stream.write(str(status))
     os.replace(final + ".partial", final)
 
 

@@ -75,8 +75,9 @@ def _new_failures(children: list[subprocess.Popen], seen: list[tuple[int, int]])
 def _reported(reports: Path) -> list[tuple[int, int]]:
     """(process, status) of the processes that failed on their own (see :data:`circuits.distributed.LAUNCHED`),
     the first to fail first."""
-    written = sorted(reports.glob("process-[0-9]*"), key=lambda path: path.stat().st_mtime_ns)
-    return [(int(path.name.split("-")[1]), int(path.read_text().split("\t")[0])) for path in written if path.name[8:].isdigit()]
+    written = sorted((path for path in reports.glob("process-*") if path.name.removeprefix("process-").isdigit()),
+                     key=lambda path: path.stat().st_mtime_ns)
+    return [(int(path.name.removeprefix("process-")), int(path.read_text())) for path in written]
 
 
 def _cause(failures: list[tuple[int, int]], reported: list[tuple[int, int]]) -> tuple[int, int]:
