@@ -66,8 +66,9 @@ from circuits.analysis.composition import (
     rotate_keys,
 )
 from circuits.analysis.context import ContextProtocol, context_shares, layer_context, layer_window
-from circuits.analysis.methods import METHODS, SHARE_METHODS
+from circuits.analysis.methods import METHODS, PAIR_MODES, SHARE_METHODS
 from circuits.analysis.ov import copying_score, ov_copying_scores, ov_eigenvalues
+from circuits.analysis.pair_bounds import EdgeFrontier, cross_gain, read_rms, sources_to_compute, written_rms
 from circuits.analysis.phases import phase
 from circuits.analysis.results import CompositionScores, HeadScores
 from circuits.analysis.rope import DEFAULT_OFFSETS, layer_rope_averages, rope_average
@@ -211,19 +212,12 @@ def _copied_outputs(values: jax.Array, wo: jax.Array, share: jax.Array) -> jax.A
     return _einsum("nkd,kg,kgdm->nm", values, share, wo.astype(jnp.float32))
 
 
-@jax.jit
 def _query_side_gain(copied: jax.Array, w: AttentionWeights, standins: jax.Array, keep: jax.Array, scale: float) -> jax.Array:
     """f32[K, G]: the logit gain (nats, before the reading layer's residual RMS) on the key whose own token is the one
     earlier induction heads copied into the query (``copied`` f32[n, M], :func:`_copied_outputs` summed over earlier
     layers): mean over tokens of copied query . own key, minus mean query . mean key. ``w``: the reading layer with
     RoPE-averaged, QK-norm-folded keys; ``standins`` f32[n, M] the keys' stand-ins."""
-    weight = keep.astype(jnp.float32)
-    count = jnp.maximum(weight.sum(), 1.0)
-    queries = _einsum("nm,mkgd->nkgd", copied * weight[:, None], w.wq)
-    keys = _einsum("nm,mkd->nkd", standins, w.wk) * weight[:, None, None]
-    diagonal = _einsum("nkgd,nkd->kg", queries, keys) / count
-    mean = _einsum("kgd,kd->kg", queries.sum(0) / count, keys.sum(0) / count)
-    return (diagonal - mean) * scale
+    return cross_gain(copied, standins, w.wq, w.wk, keep, scale)
 
 
 PREVIOUS_TOKEN_OFFSETS = 32
@@ -355,7 +349,7 @@ class PredictorSettings:
 
     ``rope_offsets``: the query-key offsets the QK circuit is averaged over (None: static QK);
     ``n_tokens`` / ``token_seed``: the sampled token stand-ins; ``standins``: their kind;
-    ``blowup``: stand-ins with RMS above this multiple of the median are dropped.
+    ``blowup``: stand-ins with RMS above this multiple of the median are dropped; ``pairs``: see :data:`PAIR_MODES`.
     """
 
     method: str = METHODS[0]
@@ -365,6 +359,7 @@ class PredictorSettings:
     standins: str = "embeddings through the MLP blocks alone, RMS-normalised"
     blowup: float = DEFAULT_BLOWUP
     context: ContextProtocol = ContextProtocol()
+    pairs: str = "all"
 
     @property
     def mean_field(self) -> bool:
@@ -376,6 +371,11 @@ class PredictorSettings:
             raise ValueError(f"unknown prediction method {self.method!r}; choose from {', '.join(METHODS)}")
         if self.method != "ov-kcomp-eigen" and self.n_tokens < 2:
             raise ValueError(f"n_tokens must be at least 2, got {self.n_tokens}")
+        if self.pairs not in PAIR_MODES:
+            raise ValueError(f"unknown pairs mode {self.pairs!r}; choose from {', '.join(PAIR_MODES)}")
+        if self.pairs == "bounded" and self.method not in SHARE_METHODS:
+            raise ValueError(f"pairs='bounded' prunes the per-pair terms of prefix-share only, not of {self.method!r}; fix: use "
+                             "method='prefix-share' or pairs='all'")
 
     @classmethod
     def legacy(cls) -> "PredictorSettings":
@@ -453,16 +453,17 @@ class InductionPrediction:
 def _assemble(settings, ov, k_composition, terms, edge_strength, preprocessing, n_edges, previous_token=None, gain=None,
               predicted=None) -> InductionPrediction:
     """Predicted scores (given, or the max of the edge strengths), source heads and the top edges from edge strengths
-    f32[L, N, L, N]."""
+    f32[L, N, L, N] (NaN: a pair not computed, ``pairs="bounded"``; a head with none computed has source (-1, -1))."""
     n_layers, n_heads = edge_strength.shape[:2]
-    flat = edge_strength.reshape(n_layers * n_heads, n_layers, n_heads)
+    earlier_layer = np.arange(n_layers)[:, None, None, None] < np.arange(n_layers)[None, None, :, None]  # only these pairs exist
+    flat = np.where(np.isnan(edge_strength) | ~earlier_layer, -np.inf, edge_strength).reshape(n_layers * n_heads, n_layers, n_heads)
     best = flat.argmax(axis=0)
     source_heads = np.stack(np.unravel_index(best, (n_layers, n_heads)), axis=-1).astype(np.int32)
-    source_heads[0] = -1
+    source_heads[np.isneginf(flat.max(axis=0))] = -1  # layer 0, and heads with no pair computed
     predicted = (flat.max(axis=0) if predicted is None else predicted).astype(np.float32)
     ratio = k_composition.ratio()
     edges = []
-    for index in np.argsort(-edge_strength, axis=None, kind="stable")[:n_edges]:
+    for index in np.argsort(-flat.reshape(edge_strength.shape), axis=None, kind="stable")[:n_edges]:
         l1, j, l2, i = (int(x) for x in np.unravel_index(index, edge_strength.shape))
         if not edge_strength[l1, j, l2, i] > 0:
             break
@@ -482,6 +483,79 @@ def _assemble(settings, ov, k_composition, terms, edge_strength, preprocessing, 
         previous_token=previous_token,
         token_gain=gain,
     )
+
+
+def _source_block(earlier: list[EarlierHeads], sources: np.ndarray, n_kv: int, size: int) -> EarlierHeads:
+    """The writing heads ``sources`` (flat indices layer * N + head into ``earlier``) as one block of ``size`` KV heads
+    with one query head each (A = size, G = 1), zero-padded (padded heads score 0)."""
+    n_g = earlier[0].wo.shape[1]
+    picks = [divmod(int(source), n_kv * n_g) for source in sources]
+    picks = [(layer, *divmod(head, n_g)) for layer, head in picks]
+    pad = size - len(picks)
+
+    def stacked(parts, axis=0):
+        parts = [jnp.expand_dims(part, axis) for part in parts]
+        return jnp.concatenate(parts + [jnp.zeros_like(parts[0])] * pad, axis=axis)
+
+    return EarlierHeads(
+        wo=stacked([earlier[layer].wo[a, g][None] for layer, a, g in picks]),
+        value_gram=stacked([earlier[layer].value_gram[a] for layer, a, g in picks]),
+        ov_norm=stacked([earlier[layer].ov_norm[a, g][None] for layer, a, g in picks]),
+        values=stacked([earlier[layer].values[:, a] for layer, a, g in picks], axis=1),
+    )
+
+
+def _largest_rows(candidates: dict, bounds: dict, count: int) -> dict:
+    """Of the candidate source rows (per reading layer, bool[S]), the ``count`` whose largest bound f32[S, N] is largest."""
+    rows = [(layer, source) for layer, needed in candidates.items() for source in np.nonzero(needed)[0]]
+    chosen = {layer: np.zeros_like(needed) for layer, needed in candidates.items()}
+    order = np.argsort([-bounds[layer][source].max() for layer, source in rows], kind="stable")[:count]
+    for index in order:
+        layer, source = rows[index]
+        chosen[layer][source] = True
+    return chosen
+
+
+def _bounded_edge_terms(earlier: list[EarlierHeads], readers: dict, bounds: dict, source_weight: dict, top: np.ndarray, n_edges: int,
+                        scale: float, compute_dtype: str, terms: tuple, flop) -> None:
+    """``pairs="bounded"``, after the pass: the edge terms of only the pairs that can change the top ``n_edges`` edges or
+    the sources of the top heads (``top`` bool[L, N]), best first: the pairs with the largest bounds, then every pair
+    whose bound reaches the top edges or a top head's best edge so far, until none is left
+    (:func:`~circuits.analysis.pair_bounds.sources_to_compute`). Per reading layer: ``readers`` its (LaterHeads, kept
+    stand-ins), ``bounds`` f32[S, N] the bound on each earlier head's edge into it, ``source_weight`` f32[S] what turns
+    a raw gain into the edge in nats. Writes into ``terms`` (K-composition, z, raw gain: f32[L, N, L, N], NaN where not
+    computed)."""
+    n_heads = top.shape[1]
+    frontier = EdgeFrontier(n_edges)
+    computed = {layer: np.zeros(len(b), bool) for layer, b in bounds.items()}
+    edges = {layer: np.full(b.shape, np.nan, np.float32) for layer, b in bounds.items()}
+    # first the pairs with the largest bounds anywhere, so the threshold of the top edges is high from the start
+    flat = np.concatenate([b.reshape(-1) for b in bounds.values()])
+    owners = np.concatenate([np.full(b.size, layer) for layer, b in bounds.items()])
+    offsets = np.concatenate([np.arange(b.size) // n_heads for b in bounds.values()])
+    first = {layer: np.zeros(len(b), bool) for layer, b in bounds.items()}
+    for index in np.argsort(-flat, kind="stable")[:n_edges]:
+        first[owners[index]][offsets[index]] = True
+    pending, chunk = first, n_edges
+    while any(needed.any() for needed in pending.values()):
+        for layer, needed in pending.items():
+            if not needed.any():
+                continue
+            later, keep = readers[layer]
+            sources = np.nonzero(needed)[0]
+            size = max(n_heads, 1 << (len(sources) - 1).bit_length())  # powers of two, so few programs are compiled
+            with phase("edge terms: P = W_O W_K and its traces", flop.edge_terms * size / n_heads) as done:
+                outputs = done(_edge_terms(_source_block(earlier, sources, later.wk.shape[1], size), later, keep, scale, compute_dtype))
+            composition, z, gain = (np.asarray(output[: len(sources)]).reshape(len(sources), n_heads) for output in outputs)
+            layers, heads = np.divmod(sources, n_heads)
+            for array, values in zip(terms, (composition, z, gain)):
+                array[layers, heads, layer, :] = values
+            edges[layer][sources] = source_weight[layer][sources, None] * gain
+            frontier.add_edges(edges[layer][sources].reshape(-1))
+            computed[layer] |= needed
+        candidates = {layer: sources_to_compute(bounds[layer], computed[layer], edges[layer], frontier, top[layer]) for layer in bounds}
+        pending = _largest_rows(candidates, bounds, chunk)  # best first: the threshold rises before the rest is tried
+        chunk *= 2
 
 
 def _predict_token_level(
@@ -522,6 +596,16 @@ def _predict_token_level(
     block = _layers_per_call(flop)
     earlier: list[EarlierHeads] = []
     task = -1  # blocks of layer pairs, split round-robin over the processes of a multi-process run
+    bounded = settings.pairs == "bounded"
+    if bounded:
+        if distributed.process_count() > 1:
+            raise ValueError("pairs='bounded' prunes pairs with thresholds from every pair computed so far, so it runs in one "
+                             "process; fix: run it in one process, or split the work with pairs='all'")
+        writer_rms: list[np.ndarray] = []  # per earlier layer, f32[N]: written_rms of its heads
+        written = None  # sum over earlier heads of their previous-token-weighted outputs x W_V W_O, f32[n, M]
+        readers, read_bounds = {}, {}  # per reading layer: (LaterHeads, kept stand-ins), read_rms f32[N]
+        for terms in (k_composition, token_z, token_gain):
+            terms[np.triu_indices(n_layers, 1)[0], :, np.triu_indices(n_layers, 1)[1], :] = np.nan
     for layer in progress(range(n_layers), "induction circuits (weights)", enabled=show_progress):
         x, keep = standins.current()
         keep = jnp.asarray(keep)
@@ -545,7 +629,22 @@ def _predict_token_level(
                 previous_token[layer] = np.asarray(_previous_token_preference(later.queries, unrotated_keys, key_bias, x, keep,
                                                                                   offset_tables[config.layer_kinds[layer]], scale)).reshape(-1)
             later = done(dataclasses.replace(later, wk=later.wk.astype(product_dtype)))
-        for start in range(0, layer, block):
+        if settings.mean_field:
+            window = layer_window(config, layer)
+
+            def prefix_share(key_gain: np.ndarray) -> jax.Array:
+                """f32[K, G]: this layer's prefix share at key-side gain ``key_gain`` f32[N] (nats) plus the query side."""
+                query_gain = 0.0 if copied is None else _query_side_gain(copied, w, x, keep, scale) / residual_rms[layer]
+                return context_shares(context, jnp.asarray(key_gain.reshape(n_kv, -1)) + query_gain, protocol, window)["prefix"]
+
+        if bounded:  # the score from the accumulated written vector, then only the pairs that can be reported
+            key_gain = np.zeros(n_heads, np.float32) if written is None else np.asarray(
+                cross_gain(x, written, w.wq, w.wk, keep, scale)).reshape(-1) / residual_rms[layer]
+            share = prefix_share(key_gain)
+            if layer:  # its pairs are computed after the pass, when the thresholds are known
+                readers[layer] = (later, keep)
+                read_bounds[layer] = np.asarray(read_rms(later.queries, keep, later.wk)).reshape(-1)
+        for start in range(0, layer if not bounded else 0, block):
             task += 1
             if task % distributed.process_count() != distributed.process_index():
                 continue  # another process computes this block of layer pairs
@@ -562,13 +661,13 @@ def _predict_token_level(
             if raw_wo is not None:
                 output_rms[layer] = np.asarray(_output_rms(heads.values, keep, raw_wo)).reshape(-1)
             earlier.append(done(dataclasses.replace(heads, wo=heads.wo.astype(product_dtype))))
+            if bounded:
+                writer_rms.append(np.asarray(written_rms(heads.values, keep, heads.wo)).reshape(-1))
         if settings.mean_field:  # this layer's prefix share: its sources' gains (key side) and earlier copies (query side)
-            to_nats = _gain_scale(config, np.repeat(layer_output_rms[:, None], n_heads, axis=1), residual_rms)[:layer, :, layer]
-            key_gain = np.einsum("ln,lnh->h", previous_token[:layer], token_gain[:layer, :, layer, :] * to_nats)
-            key_gain = distributed.sum_over_processes(key_gain.astype(np.float32))  # each process summed its blocks of sources
-            query_gain = 0.0 if copied is None else _query_side_gain(copied, w, x, keep, scale) / residual_rms[layer]
-            total_gain = jnp.asarray(key_gain.reshape(n_kv, -1)) + query_gain
-            share = context_shares(context, total_gain, protocol, layer_window(config, layer))["prefix"]
+            if not bounded:
+                to_nats = _gain_scale(config, np.repeat(layer_output_rms[:, None], n_heads, axis=1), residual_rms)[:layer, :, layer]
+                key_gain = np.einsum("ln,lnh->h", previous_token[:layer], token_gain[:layer, :, layer, :] * to_nats)
+                share = prefix_share(distributed.sum_over_processes(key_gain.astype(np.float32)))  # each process summed its sources
             predicted_share[layer] = np.asarray(share).reshape(-1)
             # the layer's mean-field output, from the stand-ins' own content (first order), joins later layers' stand-ins
             first_value = _stand_in_values(w, standins.first()[None])[0]
@@ -580,8 +679,22 @@ def _predict_token_level(
             standins.attend(outputs, first_output)
             copies = _copied_outputs(content_values, heads.wo, share) / (layer_output_rms[layer] if config.block.post_norms else 1.0)
             copied = copies if copied is None else copied + copies
+            if bounded:
+                weight = previous_token[layer].reshape(n_kv, -1) / (layer_output_rms[layer] if config.block.post_norms else 1.0)
+                writes = _copied_outputs(heads.values, heads.wo, jnp.asarray(weight, jnp.float32))
+                written = writes if written is None else written + writes
         with phase("stand-ins: MLP blocks", flop.mlp) as done:
             done(standins.advance())
+    if bounded:
+        factor = 1.0 / layer_output_rms if config.block.post_norms else np.ones(n_layers, np.float32)
+        source_weight = {layer: (previous_token[:layer] * factor[:layer, None]).reshape(-1) / residual_rms[layer] for layer in readers}
+        writers = np.concatenate(writer_rms)
+        bounds = {layer: (scale * writers[: len(weight)] * np.abs(weight))[:, None] * read_bounds[layer][None]
+                  for layer, weight in source_weight.items()}
+        top = np.zeros((n_layers, n_heads), bool)
+        top.reshape(-1)[np.argsort(-predicted_share, axis=None, kind="stable")[:n_edges]] = True
+        _bounded_edge_terms(earlier, readers, bounds, source_weight, top, n_edges, scale, compute_dtype,
+                            (k_composition, token_z, token_gain), flop)
     k_composition, token_z, token_gain = (distributed.sum_over_processes(terms) for terms in (k_composition, token_z, token_gain))
     rotation = None if settings.rope_offsets is None else jnp.asarray(rope_average(config, settings.rope_offsets))
     with phase("K-composition baseline (random layers)"):
@@ -683,6 +796,7 @@ def predict_induction(
     max_pairs: int = 4096,
     n_edges: int = 20,
     context: ContextProtocol = ContextProtocol(),
+    pairs: str = "all",
     show_progress: bool = False,
 ) -> InductionPrediction:
     """Predict induction heads and their previous-token heads from the weights alone.
@@ -694,12 +808,15 @@ def predict_induction(
     eigenvalue terms). rope_offsets, n_tokens, token_seed: the RoPE average and the token stand-ins of
     the token-level methods. product_dtype: input
     dtype of the M-long products (default bfloat16 for bfloat16 checkpoints, else float32; float32
-    accumulation always). Memory: one layer's weights plus W_O of every layer in ``product_dtype``.
+    accumulation always). pairs: ``all`` (every pair's terms) or ``bounded`` (``prefix-share`` only, one process: the
+    same scores, top ``n_edges`` edges and sources of the top ``n_edges`` heads from only the pairs that can change
+    them; every other pair NaN, see :mod:`~circuits.analysis.pair_bounds`). Memory: one layer's weights plus W_O of
+    every layer in ``product_dtype``.
     """
     if method == "ov-kcomp-eigen":
         return _predict_ov_kcomp_eigen(source, PredictorSettings.legacy(), fold_norms, max_pairs, n_edges, show_progress)
     standins = ("embeddings through the MLP blocks and mean-field attention, RMS-normalised" if method in SHARE_METHODS
                 else PredictorSettings.standins)
     settings = PredictorSettings(method, None if rope_offsets is None else tuple(rope_offsets), n_tokens, token_seed, standins,
-                                 context=context)
+                                 context=context, pairs=pairs)
     return _predict_token_level(source, settings, fold_norms, product_dtype, n_edges, show_progress)

@@ -18,6 +18,10 @@ SHARE_METHODS = ("prefix-share",)
 """Methods whose score is a predicted attention share on the measured scale (0 to 1); their stand-ins receive each
 layer's mean-field attention output."""
 
+PAIR_MODES = ("all", "bounded")
+"""``all``: every (earlier head, later head) pair's terms; ``bounded`` (``prefix-share`` only): only the pairs that can be
+among the top edges or a top head's source, the others NaN (:mod:`~circuits.analysis.pair_bounds`)."""
+
 SCORE_UNITS = {
     "prefix-share": "a predicted attention share (0 to 1), on the same scale as the measured prefix-matching score",
     "kcomp-token-zgain": "a relative score (K-composition in multiples of its random baseline x z-score x logit gain in nats)",

@@ -34,7 +34,7 @@ from safetensors.numpy import save_file
 from circuits.analysis import phases
 from circuits.analysis.composition import composition_tensors
 from circuits.analysis.induction import predict_induction
-from circuits.analysis.methods import METHODS
+from circuits.analysis.methods import METHODS, PAIR_MODES
 from circuits.analysis.ov import ov_copying_scores
 from circuits.analysis.standins import DEFAULT_TOKENS
 from circuits.convert import open_weights
@@ -195,9 +195,9 @@ def print_phases(log: phases.PhaseLog, rate: float) -> None:
         print(f"  {name:44s} {seconds:8.1f} {calls:6d} {flop / 1e9:9.0f} {achieved:8.1f} {share:>12s}")
 
 
-def analyze(path: str, predict_only: bool, label: str, method: str, n_tokens: int) -> None:
-    """Time the weight-only scores and the prediction (``method``, ``n_tokens`` stand-ins) on the checkpoint at ``path``
-    (this process: its peak RSS)."""
+def analyze(path: str, predict_only: bool, label: str, method: str, n_tokens: int, pairs: str) -> None:
+    """Time the weight-only scores and the prediction (``method``, ``n_tokens`` stand-ins, ``pairs``) on the checkpoint at
+    ``path`` (this process: its peak RSS)."""
     rates = {dtype: phases.gemm_rate(dtype, size=4096) for dtype in ("float32", "bfloat16")}
     print(f"GEMM rate of this machine: float32 {rates['float32']:.0f} GFLOP/s, bfloat16 inputs {rates['bfloat16']:.0f} GFLOP/s", flush=True)
     if not predict_only:
@@ -205,8 +205,8 @@ def analyze(path: str, predict_only: bool, label: str, method: str, n_tokens: in
         print(f"{label}: OV + Q/K/V composition {seconds:.1f} s, peak RSS so far {peak_rss_gb():.2f} GB", flush=True)
     start = time.perf_counter()
     with phases.recording() as log:
-        predict_induction(open_weights(path, show_progress=False), method=method, n_tokens=n_tokens, show_progress=True)
-    print(f"{label}: predict_induction ({method}, {n_tokens} stand-ins) {time.perf_counter() - start:.1f} s, "
+        predict_induction(open_weights(path, show_progress=False), method=method, n_tokens=n_tokens, pairs=pairs, show_progress=True)
+    print(f"{label}: predict_induction ({method}, {n_tokens} stand-ins, pairs {pairs}) {time.perf_counter() - start:.1f} s, "
           f"peak RSS of the analysing process {peak_rss_gb():.2f} GB")
     print_phases(log, rates["float32"])
 
@@ -230,6 +230,7 @@ def main() -> None:
     parser.add_argument("--predict-only", action="store_true", help="time only predict_induction on the large shapes")
     parser.add_argument("--method", default=METHODS[0], choices=METHODS, help="the prediction method timed (default: the library's)")
     parser.add_argument("--tokens", type=int, default=DEFAULT_TOKENS, help="token stand-ins of the prediction (default: the library's)")
+    parser.add_argument("--pairs", default=PAIR_MODES[0], choices=PAIR_MODES, help="which head pairs get their terms (default: all)")
     parser.add_argument("--cold", action="store_true", help="drop the OS page cache before the analysis (needs root), so that "
                         "the checkpoint is read from disk as on a first run, not from the pages its writing left in memory")
     parser.add_argument("--analyze", default=None, help=argparse.SUPPRESS)  # internal: analyse PATH in this process
@@ -238,7 +239,7 @@ def main() -> None:
     n_layers = args.layers or shapes["layers"]
     label = f"{args.shapes} shapes ({args.format})"
     if args.analyze:
-        analyze(args.analyze, args.predict_only, label, args.method, args.tokens)
+        analyze(args.analyze, args.predict_only, label, args.method, args.tokens, args.pairs)
         return
     if args.format == "gguf-q4_k" and shapes["family"] != "llama":
         parser.error("--format gguf-q4_k writes llama GGUF files; use it with --shapes llama3-8b")
@@ -255,7 +256,7 @@ def main() -> None:
             drop_page_cache()
         # The analysis runs in a fresh process, so its peak RSS is not the writer's.
         subprocess.run([sys.executable, __file__, "--analyze", str(big), "--shapes", args.shapes, "--format", args.format,
-                        "--method", args.method, "--tokens", str(args.tokens)] + ["--predict-only"] * args.predict_only, check=True)
+                        "--method", args.method, "--tokens", str(args.tokens), "--pairs", args.pairs] + ["--predict-only"] * args.predict_only, check=True)
         if not args.naive_layers:
             return
 

@@ -9,7 +9,7 @@ import sys
 from pathlib import Path
 
 from circuits import distributed
-from circuits.analysis.methods import METHOD_HELP, METHODS
+from circuits.analysis.methods import METHOD_HELP, METHODS, PAIR_MODES
 from circuits.convert.dtypes import NAMES as DTYPES
 from circuits.convert.named_models import DEFAULT_MODEL, ModelDownloadError
 from circuits.distributed import DistributedError
@@ -97,6 +97,7 @@ def _analyze(args: argparse.Namespace) -> None:
         fold_norms=not args.no_fold_norms,
         max_pairs=args.max_pairs,
         n_edges=top,
+        pairs=args.pairs,
         show_progress=True,
     )
     console = Console()
@@ -308,6 +309,9 @@ def build_parser() -> argparse.ArgumentParser:
     analyze.add_argument("--tokens", type=_positive, default=1024, help="token stand-ins sampled for the token-level methods (all but ov-kcomp-eigen)")
     analyze.add_argument("--token-seed", type=int, default=0, help="seed of the token sample")
     analyze.add_argument("--max-pairs", type=_positive, default=4096, help="head pairs that get eigenvalue terms (ov-kcomp-eigen only)")
+    analyze.add_argument("--pairs", choices=PAIR_MODES, default=PAIR_MODES[0],
+                         help="bounded (prefix-share only): compute only the head pairs that can change the top --top edges and the "
+                              "sources of the top --top heads (the same report; exact bounds prune the rest)")
     analyze.add_argument("--no-fold-norms", action="store_true", help="score raw weights (RMSNorm gains not folded in)")
 
     report = command("report", "weight-only circuit report (JSON, Markdown, HTML); --validate tests it with forward passes", _report)

@@ -5,6 +5,7 @@ import os
 import subprocess
 import sys
 
+import numpy as np
 import pytest
 
 from circuits.cli import main
@@ -24,6 +25,19 @@ def test_analyze_demo_writes_json_with_planted_edge(tmp_path, capsys):
     edge = data["edges"][0]
     assert (edge["prev_layer"], edge["prev_head"], edge["layer"], edge["head"]) == (0, 0, 1, 0)
     assert sorted(p.name for p in out.parent.iterdir()) == ["prediction.json"]
+
+
+def test_analyze_with_bounded_pairs_reports_the_same_and_records_it(tmp_path):
+    outputs = {pairs: tmp_path / f"{pairs}.json" for pairs in ("all", "bounded")}
+    for pairs, out in outputs.items():
+        assert main(["analyze", "demo-induction", "--pairs", pairs, "--out", str(out)]) == 0
+    full, bounded = (json.loads(out.read_text()) for out in outputs.values())
+    assert full["settings"]["pairs"] == "all" and bounded["settings"]["pairs"] == "bounded"
+    np.testing.assert_allclose(bounded["predicted_induction"], full["predicted_induction"], atol=1e-4)
+    assert [[e[key] for key in ("prev_layer", "prev_head", "layer", "head")] for e in bounded["edges"]] == \
+        [[e[key] for key in ("prev_layer", "prev_head", "layer", "head")] for e in full["edges"]]
+    np.testing.assert_allclose([e["score"] for e in bounded["edges"]], [e["score"] for e in full["edges"]], rtol=1e-4)
+    assert bounded["source_heads"][1][0] == [0, 0]
 
 
 def test_an_output_in_a_missing_folder_is_refused_before_the_work(tmp_path, capsys):
