@@ -517,7 +517,7 @@ def _largest_rows(candidates: dict, bounds: dict, count: int) -> dict:
 
 
 def _bounded_edge_terms(earlier: list[EarlierHeads], readers: dict, bounds: dict, source_weight: dict, top: np.ndarray, n_edges: int,
-                        scale: float, compute_dtype: str, terms: tuple, flop) -> None:
+                        scale: float, compute_dtype: str, terms: tuple, flop, show_progress: bool = False) -> None:
     """``pairs="bounded"``, after the pass: the edge terms of only the pairs that can change the top ``n_edges`` edges or
     the sources of the top heads (``top`` bool[L, N]), best first: the pairs with the largest bounds, then every pair
     whose bound reaches the top edges or a top head's best edge so far, until none is left
@@ -526,6 +526,7 @@ def _bounded_edge_terms(earlier: list[EarlierHeads], readers: dict, bounds: dict
     a raw gain into the edge in nats. Writes into ``terms`` (K-composition, z, raw gain: f32[L, N, L, N], NaN where not
     computed)."""
     n_heads = top.shape[1]
+    max_sources = _layers_per_call(flop) * n_heads
     frontier = EdgeFrontier(n_edges)
     computed = {layer: np.zeros(len(b), bool) for layer, b in bounds.items()}
     edges = {layer: np.full(b.shape, np.nan, np.float32) for layer, b in bounds.items()}
@@ -536,22 +537,25 @@ def _bounded_edge_terms(earlier: list[EarlierHeads], readers: dict, bounds: dict
     first = {layer: np.zeros(len(b), bool) for layer, b in bounds.items()}
     for index in np.argsort(-flat, kind="stable")[:n_edges]:
         first[owners[index]][offsets[index]] = True
-    pending, chunk = first, n_edges
+    pending, chunk, batch = first, n_edges, 0
     while any(needed.any() for needed in pending.values()):
-        for layer, needed in pending.items():
-            if not needed.any():
-                continue
+        batch += 1
+        for layer in progress([layer for layer, needed in pending.items() if needed.any()], f"head pairs (bounded), batch {batch}",
+                              enabled=show_progress):
+            needed = pending[layer]
             later, keep = readers[layer]
-            sources = np.nonzero(needed)[0]
-            size = max(n_heads, 1 << (len(sources) - 1).bit_length())  # powers of two, so few programs are compiled
-            with phase("edge terms: P = W_O W_K and its traces", flop.edge_terms * size / n_heads) as done:
-                outputs = done(_edge_terms(_source_block(earlier, sources, later.wk.shape[1], size), later, keep, scale, compute_dtype))
-            composition, z, gain = (np.asarray(output[: len(sources)]).reshape(len(sources), n_heads) for output in outputs)
-            layers, heads = np.divmod(sources, n_heads)
-            for array, values in zip(terms, (composition, z, gain)):
-                array[layers, heads, layer, :] = values
-            edges[layer][sources] = source_weight[layer][sources, None] * gain
-            frontier.add_edges(edges[layer][sources].reshape(-1))
+            for sources in np.array_split(np.nonzero(needed)[0], -(-int(needed.sum()) // max_sources)):
+                # powers of two up to what one call may hold (its intermediate products stay within CHUNK_BYTES)
+                size = min(max(n_heads, 1 << (len(sources) - 1).bit_length()), max_sources)
+                with phase("edge terms: P = W_O W_K and its traces", flop.edge_terms * size / n_heads) as done:
+                    outputs = done(_edge_terms(_source_block(earlier, sources, later.wk.shape[1], size), later, keep, scale,
+                                               compute_dtype))
+                composition, z, gain = (np.asarray(output[: len(sources)]).reshape(len(sources), n_heads) for output in outputs)
+                layers, heads = np.divmod(sources, n_heads)
+                for array, values in zip(terms, (composition, z, gain)):
+                    array[layers, heads, layer, :] = values
+                edges[layer][sources] = source_weight[layer][sources, None] * gain
+                frontier.add_edges(edges[layer][sources].reshape(-1))
             computed[layer] |= needed
         candidates = {layer: sources_to_compute(bounds[layer], computed[layer], edges[layer], frontier, top[layer]) for layer in bounds}
         pending = _largest_rows(candidates, bounds, chunk)  # best first: the threshold rises before the rest is tried
@@ -694,7 +698,7 @@ def _predict_token_level(
         top = np.zeros((n_layers, n_heads), bool)
         top.reshape(-1)[np.argsort(-predicted_share, axis=None, kind="stable")[:n_edges]] = True
         _bounded_edge_terms(earlier, readers, bounds, source_weight, top, n_edges, scale, compute_dtype,
-                            (k_composition, token_z, token_gain), flop)
+                            (k_composition, token_z, token_gain), flop, show_progress)
     k_composition, token_z, token_gain = (distributed.sum_over_processes(terms) for terms in (k_composition, token_z, token_gain))
     rotation = None if settings.rope_offsets is None else jnp.asarray(rope_average(config, settings.rope_offsets))
     with phase("K-composition baseline (random layers)"):

@@ -23,34 +23,32 @@ import numpy as np
 from circuits.models.layers import einsum
 
 
-def _centred(vectors: jax.Array, keep: jax.Array) -> tuple[jax.Array, jax.Array]:
-    """(vectors f32[n, ...] minus their mean over the kept rows, zero on the others; the kept count)."""
+def _token_gram(vectors: jax.Array, keep: jax.Array) -> jax.Array:
+    """f32[..., D, D]: the covariance over the kept rows of vectors f32[n, ..., D] (their Gram after the mean is taken out)."""
     weight = keep.astype(jnp.float32).reshape((-1,) + (1,) * (vectors.ndim - 1))
     count = jnp.maximum(weight.sum(), 1.0)
-    mean = (vectors * weight).sum(0) / count
-    return (vectors - mean) * weight, count
+    centred = (vectors - (vectors * weight).sum(0) / count) * weight
+    return jnp.einsum("n...d,n...e->...de", centred, centred, precision=jax.lax.Precision.HIGHEST) / count
+
+
+def _gram(weights: jax.Array, spec: str) -> jax.Array:
+    return einsum(spec, weights.astype(jnp.float32), weights.astype(jnp.float32), preferred_element_type=jnp.float32)
 
 
 @jax.jit
 def written_rms(values: jax.Array, keep: jax.Array, wo: jax.Array) -> jax.Array:
     """f32[A, G]: root mean square over the kept stand-ins of ``||(v - v_bar) W_O||`` for each writing head, from its
     values f32[n, A, D] and W_O [A, G, D, M] (through D x D Grams)."""
-    centred, count = _centred(values, keep)
-    value_gram = einsum("nad,nae->ade", centred, centred, preferred_element_type=jnp.float32) / count
-    wo = wo.astype(jnp.float32)
-    output_gram = einsum("agdm,agem->agde", wo, wo, preferred_element_type=jnp.float32)
-    return jnp.sqrt(jnp.maximum(einsum("ade,aged->ag", value_gram, output_gram), 0.0))
+    contracted = einsum("ade,aged->ag", _token_gram(values, keep), _gram(wo, "agdm,agem->agde"))
+    return jnp.sqrt(jnp.maximum(contracted, 0.0))
 
 
 @jax.jit
 def read_rms(queries: jax.Array, keep: jax.Array, wk: jax.Array) -> jax.Array:
     """f32[K, G]: root mean square over the kept stand-ins of ``||(q - q_bar) W_K^T||`` for each reading head, from its
     queries f32[n, K, G, D] and (RoPE-averaged) W_K [M, K, D]."""
-    centred, count = _centred(queries, keep)
-    query_gram = einsum("nkgd,nkge->kgde", centred, centred, preferred_element_type=jnp.float32) / count
-    wk = wk.astype(jnp.float32)
-    key_gram = einsum("mkd,mke->kde", wk, wk, preferred_element_type=jnp.float32)
-    return jnp.sqrt(jnp.maximum(einsum("kgde,ked->kg", query_gram, key_gram), 0.0))
+    contracted = einsum("kgde,ked->kg", _token_gram(queries, keep), _gram(wk, "mkd,mke->kde"))
+    return jnp.sqrt(jnp.maximum(contracted, 0.0))
 
 
 @jax.jit

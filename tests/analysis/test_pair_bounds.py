@@ -92,3 +92,12 @@ def test_bounded_pairs_need_prefix_share():
         predict_induction(random_transformer(n_layers=2), method="kcomp-token-zgain", n_tokens=16, pairs="bounded")
     with pytest.raises(ValueError, match="unknown pairs mode"):
         predict_induction(random_transformer(n_layers=2), n_tokens=16, pairs="some")
+
+
+def test_bounded_pairs_refuse_a_multi_process_run(monkeypatch):
+    """Its thresholds come from every pair computed so far, which a process holding a share of the pairs does not see."""
+    from circuits import distributed
+
+    monkeypatch.setattr(distributed, "process_count", lambda: 2)
+    with pytest.raises(ValueError, match="runs in one process"):
+        predict_induction(random_transformer(n_layers=2), n_tokens=16, pairs="bounded")
