@@ -457,10 +457,10 @@ def _assemble(settings, ov, k_composition, terms, edge_strength, preprocessing, 
     n_layers, n_heads = edge_strength.shape[:2]
     earlier_layer = np.arange(n_layers)[:, None, None, None] < np.arange(n_layers)[None, None, :, None]  # only these pairs exist
     flat = np.where(np.isnan(edge_strength) | ~earlier_layer, -np.inf, edge_strength).reshape(n_layers * n_heads, n_layers, n_heads)
-    best = flat.argmax(axis=0)
+    best, best_edge = flat.argmax(axis=0), flat.max(axis=0)
     source_heads = np.stack(np.unravel_index(best, (n_layers, n_heads)), axis=-1).astype(np.int32)
-    source_heads[np.isneginf(flat.max(axis=0))] = -1  # layer 0, and heads with no pair computed
-    predicted = (flat.max(axis=0) if predicted is None else predicted).astype(np.float32)
+    source_heads[np.isneginf(best_edge)] = -1  # layer 0, and heads with no pair computed
+    predicted = (np.where(np.isfinite(best_edge), best_edge, 0.0) if predicted is None else predicted).astype(np.float32)
     ratio = k_composition.ratio()
     edges = []
     for index in np.argsort(-flat.reshape(edge_strength.shape), axis=None, kind="stable")[:n_edges]:
