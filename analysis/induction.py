@@ -608,8 +608,9 @@ def _predict_token_level(
         writer_rms: list[np.ndarray] = []  # per earlier layer, f32[N]: written_rms of its heads
         written = None  # sum over earlier heads of their previous-token-weighted outputs x W_V W_O, f32[n, M]
         readers, read_bounds = {}, {}  # per reading layer: (LaterHeads, kept stand-ins), read_rms f32[N]
+        earlier_layers, later_layers = np.triu_indices(n_layers, 1)  # the pairs that exist, not computed yet
         for terms in (k_composition, token_z, token_gain):
-            terms[np.triu_indices(n_layers, 1)[0], :, np.triu_indices(n_layers, 1)[1], :] = np.nan
+            terms[earlier_layers, :, later_layers, :] = np.nan
     for layer in progress(range(n_layers), "induction circuits (weights)", enabled=show_progress):
         x, keep = standins.current()
         keep = jnp.asarray(keep)
